@@ -1,0 +1,203 @@
+"""The gateway's two aiohttp applications: the API (`create_app`) and the ops
+listener (`create_ops_app`), and the one middleware that gives every answer an
+X-Request-ID, turns every error into the JSON error body, counts it and logs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from gateway import __version__, handlers, logs
+from gateway.admission import Admission
+from gateway.chert import ChertClient
+from gateway.config import Settings
+from gateway.errors import (
+    GatewayError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+from gateway.metrics import Metrics
+from gateway.pipeline import UploadPipeline
+from gateway.state import ADMISSION, CHERT, METRICS, PIPELINE, SETTINGS
+
+log = logging.getLogger("chert_gateway")
+access_log = logging.getLogger(logs.ACCESS_LOGGER)
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Error codes that mean "the caller sent something we refuse", counted as one
+# outcome so dashboards can tell rejects from failures.
+REJECTED_CODES = frozenset(
+    {
+        "invalid_request",
+        "unauthorized",
+        "not_found",
+        "method_not_allowed",
+        "length_required",
+        "payload_too_large",
+        "unsupported_media_type",
+        "idempotency_in_progress",
+        "idempotency_key_reused",
+    }
+)
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("X-Request-ID", "")
+    return given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+
+
+def _from_http_exception(exc: web.HTTPException) -> GatewayError:
+    """aiohttp's own refusals (routing, oversize) in the gateway's shape."""
+    if exc.status == 404:
+        return NotFoundError("no such route; see /openapi.json")
+    if exc.status == 405:
+        return MethodNotAllowedError(f"{exc.reason}: use {exc.headers.get('Allow', '')}")
+    if exc.status == 413:
+        return PayloadTooLargeError(exc.text or "the request body is too large")
+    return InvalidRequestError(exc.text or exc.reason)
+
+
+def _outcome(request: web.Request, error: GatewayError | None) -> str:
+    if error is None:
+        return str(request.get(handlers.OUTCOME_KEY, "ok"))
+    return "rejected" if error.code in REJECTED_CODES else error.code
+
+
+def error_response(error: GatewayError, request: web.Request, request_id: str) -> web.Response:
+    response = handlers.json_response(error.to_json(request_id), status=error.status)
+    if error.retry_after is not None:
+        response.headers[hdrs.RETRY_AFTER] = str(max(1, round(error.retry_after)))
+    if (
+        request.headers.get(hdrs.EXPECT, "").lower() == "100-continue"
+        and not request.content.is_eof()
+    ):
+        # The caller is waiting for 100 Continue that will not come; it will
+        # not send the body, so don't keep the connection waiting for it.
+        response.force_close()
+    return response
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = _request_id(request)
+    started = time.perf_counter()
+    error: GatewayError | None = None
+    try:
+        response = await handler(request)
+    except GatewayError as exc:
+        error = exc
+    except web.HTTPException as exc:
+        error = _from_http_exception(exc)
+    except Exception:
+        log.exception("unexpected error", extra={"fields": {"request_id": request_id}})
+        error = GatewayError("unexpected error in the gateway; see its log for request_id")
+    if error is not None:
+        response = error_response(error, request, request_id)
+    response.headers["X-Request-ID"] = request_id
+    _record(request, response, error, request_id, time.perf_counter() - started)
+    return response
+
+
+def _record(
+    request: web.Request,
+    response: web.StreamResponse,
+    error: GatewayError | None,
+    request_id: str,
+    elapsed: float,
+) -> None:
+    """Count and log one request. Only bounded values become labels."""
+    route = request.match_info.route.resource
+    route_label = route.canonical if route is not None else "unmatched"
+    outcome = _outcome(request, error)
+    metrics = request.app[METRICS]
+    metrics.requests.labels(route_label, outcome).inc()
+    metrics.request_seconds.labels(route_label, outcome).observe(elapsed)
+    fields: dict[str, Any] = {
+        "request_id": request_id,
+        "method": request.method,
+        "route": route_label,
+        # The path without its query: a query string may carry tokens.
+        "path": request.path,
+        "status": response.status,
+        "outcome": outcome,
+        "duration_s": round(elapsed, 6),
+    }
+    if error is not None:
+        fields["error_code"] = error.code
+        fields["chert_code"] = error.chert_code
+        fields["error"] = error.message
+    access_log.info(
+        "%s %s %s", request.method, request.path, response.status, extra={"fields": fields}
+    )
+
+
+async def _chert_client(app: web.Application) -> Any:
+    """The session to Chert lives as long as the app (cleanup_ctx)."""
+    settings = app[SETTINGS]
+    metrics = app[METRICS]
+    if settings.signing_secret is None:
+        raise RuntimeError("the gateway needs a Chert secret before it starts")
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
+    async with aiohttp.ClientSession(
+        connector=connector,
+        headers={hdrs.USER_AGENT: f"chert-gateway/{__version__}"},
+        auto_decompress=False,
+    ) as session:
+        chert = ChertClient(
+            session,
+            settings.chert_api_url,
+            settings.signing_secret,
+            timeout=settings.chert_timeout,
+            tenant=settings.tenant,
+            on_retry=lambda operation, reason: metrics.upstream_retries.labels(
+                operation, reason
+            ).inc(),
+        )
+        app[CHERT] = chert
+        app[PIPELINE] = UploadPipeline(chert, metrics)
+        yield
+
+
+def create_app(
+    settings: Settings, *, metrics: Metrics | None = None, admission: Admission | None = None
+) -> web.Application:
+    """The API application. Pass `metrics`/`admission` to share them with the ops app."""
+    metrics = metrics if metrics is not None else Metrics()
+    admission = admission if admission is not None else Admission(settings.max_in_flight)
+    metrics.in_flight.set_function(lambda: admission.in_flight)
+    app = web.Application(middlewares=[request_middleware])
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[ADMISSION] = admission
+    app.cleanup_ctx.append(_chert_client)
+    handlers.add_routes(app)
+    return app
+
+
+def create_ops_app(metrics: Metrics, admission: Admission) -> web.Application:
+    """/healthz, /readyz and /metrics, on their own listener."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        return handlers.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if admission.draining:
+            return handlers.json_response({"status": "draining"}, status=503)
+        return handlers.json_response({"status": "ready", "in_flight": admission.in_flight})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    return app

@@ -1,0 +1,362 @@
+"""ChertClient: the only code that talks to Chert.
+
+It builds Chert's URLs, adds the bearer secret (to Chert's own origin only),
+retries what may be retried, and maps every answer and failure to the
+gateway's errors once, here:
+
+    Chert / network                      → gateway error
+    2xx with JSON                        → the parsed body
+    3xx                                  → UpstreamError (redirects are refused)
+    429, 5xx, 3002, connection failure   → UpstreamUnavailableError (retried first)
+    4001, 1002, 1003, other 4xx          → UpstreamError with chert_code (never retried)
+    Chert too slow                       → UpstreamTimeoutError (retried first)
+
+Slot creation and the send call are retried with full-jitter exponential
+backoff that honours Retry-After, within an overall deadline, always with the
+same idempotency key. The streamed PUT is never retried: its body is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+)
+from yarl import URL
+
+from gateway.credentials import Credential
+from gateway.errors import (
+    GatewayError,
+    NotFoundError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+
+NO_SENDER_LINE = 3002
+# An error body larger than this is not Chert's JSON; read no more of it.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    base_delay: float = 0.2
+    max_delay: float = 5.0
+    # No retry starts when its wait would end past this many seconds since
+    # the first attempt; the caller's request should not hang for minutes.
+    deadline: float = 30.0
+
+
+@dataclass(frozen=True)
+class UploadSlot:
+    attachment_id: str
+    upload_url: URL
+    required_headers: dict[str, str]
+    expires_at: str | None
+
+
+class UploadBody(Protocol):
+    """A body whose length is known up front and that streams its chunks.
+
+    `chunks` moves `deadline` forward each time it hands over a chunk and
+    suspends it while it waits on its own source, so only a stalled *upstream*
+    trips the deadline.
+    """
+
+    size: int
+    # Set when the body's own source failed (the caller left, stalled, lied
+    # about its length): that, not the broken PUT, is what the caller hears.
+    failure: GatewayError | None
+
+    def chunks(
+        self, deadline: asyncio.Timeout, upstream_timeout: float
+    ) -> AsyncIterator[bytes]: ...
+
+
+class ChertClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: URL,
+        secret: Credential,
+        *,
+        timeout: float,
+        tenant: str | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        on_retry: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._session = session
+        self._base = base_url.origin()
+        # Chert may sit under a path prefix (a proxy): keep it, without a trailing slash.
+        self._prefix = base_url.path.rstrip("/")
+        self._secret = secret
+        self._timeout = timeout
+        self._tenant = tenant
+        self._retry = retry
+        self._on_retry = on_retry
+
+    # -- the three calls ------------------------------------------------------
+
+    async def create_attachment(self, filename: str, content_type: str, size: int) -> UploadSlot:
+        body = {"filename": filename, "content_type": content_type, "size_bytes": size}
+        answer = await self._call_with_retries(
+            "create_attachment", "POST", "/api/v1/attachments", body
+        )
+        try:
+            slot = UploadSlot(
+                attachment_id=str(answer["attachment_id"]),
+                upload_url=URL(str(answer["upload_url"])),
+                required_headers={
+                    str(k).lower(): str(v)
+                    for k, v in (answer.get("required_headers") or {}).items()
+                },
+                expires_at=answer.get("expires_at"),
+            )
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise UpstreamError(
+                "Chert's upload slot answer lacks attachment_id or upload_url"
+            ) from None
+        self._check_same_origin(slot.upload_url)
+        return slot
+
+    async def upload(self, slot: UploadSlot, body: UploadBody, content_type: str) -> None:
+        """PUT the body to the slot with Content-Length; never chunked, never redirected."""
+        headers = self._upload_headers(slot, content_type, body.size)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(loop.time() + self._timeout) as deadline:
+                with _map_transport_errors("upload"):
+                    async with self._session.put(
+                        slot.upload_url,
+                        data=body.chunks(deadline, self._timeout),
+                        headers=headers,
+                        allow_redirects=False,
+                    ) as response:
+                        await self._read_answer(response, "upload")
+        except (GatewayError, TimeoutError) as exc:
+            if body.failure is not None:
+                raise body.failure from exc
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeoutError(
+                    f"Chert took more than {self._timeout:g} s to take the next part of the upload"
+                ) from None
+            if isinstance(exc, UpstreamUnavailableError):
+                # A streamed body cannot be replayed by us; the caller can resend it.
+                raise UpstreamError(
+                    f"the upload to Chert broke off: {exc.message}", retryable=True
+                ) from exc
+            raise
+
+    async def send_message(
+        self, chat_id: str, payload: dict[str, Any], idempotency_key: str
+    ) -> dict[str, Any]:
+        """Send a chat message; `payload` is Chert's shape without the key."""
+        message = dict(payload.get("message") or {})
+        message["idempotency_key"] = idempotency_key
+        body = {**payload, "message": message}
+        path = f"/api/v1/chats/{chat_id}/messages"
+        answer = await self._call_with_retries("send_message", "POST", path, body)
+        sent = answer.get("message")
+        if not isinstance(sent, dict):
+            raise UpstreamError("Chert's send answer has no message object")
+        return sent
+
+    async def get_attachment(self, attachment_id: str) -> dict[str, Any]:
+        path = f"/api/v1/attachments/{attachment_id}"
+        return await self._call_with_retries("get_attachment", "GET", path, None)
+
+    # -- the secret goes only to Chert ----------------------------------------
+
+    def _url(self, path: str) -> URL:
+        return self._base.with_path(self._prefix + path)
+
+    def _auth_header(self) -> str:
+        return f"Bearer {self._secret.current(time.monotonic())}"
+
+    def _check_same_origin(self, url: URL) -> None:
+        """Refuse an upload_url that would carry the secret anywhere but Chert."""
+        base = self._base
+        if (
+            not url.is_absolute()
+            or url.scheme != base.scheme
+            or url.host != base.host
+            or url.port != base.port
+            or url.user is not None
+            or url.password is not None
+        ):
+            raise UpstreamError(
+                "Chert's upload_url is not on Chert's own origin; refused without "
+                f"sending the secret (expected {base.origin()})"
+            )
+
+    def _upload_headers(self, slot: UploadSlot, content_type: str, size: int) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for name, value in slot.required_headers.items():
+            if name == "authorization":
+                # Chert's answer holds a placeholder here; the real secret is ours.
+                continue
+            if name == "content-type" and value.lower() != content_type:
+                raise UpstreamError(
+                    f"Chert asks for Content-Type {value} on an upload registered as {content_type}"
+                )
+            if name in ("content-length", "transfer-encoding", "host"):
+                continue
+            headers[name] = value
+        headers["Authorization"] = self._auth_header()
+        headers["Content-Type"] = content_type
+        # aiohttp keeps a streamed body's length only when the header is set;
+        # without it the PUT would go chunked, which Chert refuses.
+        headers["Content-Length"] = str(size)
+        return headers
+
+    # -- calls, answers and retries ---------------------------------------------
+
+    async def _call_with_retries(
+        self, operation: str, method: str, path: str, body: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_transient),
+            stop=stop_after_attempt(self._retry.attempts) | stop_before_delay(self._retry.deadline),
+            wait=self._backoff,
+            before_sleep=lambda state: self._note_retry(operation, state),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._call(operation, method, path, body)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _call(
+        self, operation: str, method: str, path: str, body: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        headers = {"Authorization": self._auth_header()}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = orjson.dumps(body)
+        timeout = aiohttp.ClientTimeout(total=self._timeout)
+        with _map_transport_errors(operation):
+            async with self._session.request(
+                method,
+                self._url(path),
+                data=data,
+                headers=headers,
+                allow_redirects=False,
+                timeout=timeout,
+            ) as response:
+                return await self._read_answer(response, operation)
+
+    async def _read_answer(
+        self, response: aiohttp.ClientResponse, operation: str
+    ) -> dict[str, Any]:
+        if 200 <= response.status < 300:
+            raw = await response.read()
+            try:
+                answer = orjson.loads(raw) if raw else {}
+            except orjson.JSONDecodeError:
+                raise UpstreamError(f"Chert's {operation} answer is not JSON") from None
+            if not isinstance(answer, dict):
+                raise UpstreamError(f"Chert's {operation} answer is not a JSON object")
+            return answer
+        raise await _error_from_answer(response, operation)
+
+    def _backoff(self, state: RetryCallState) -> float:
+        """Full jitter (uniform in [0, base·2ⁿ], capped), but never before Retry-After."""
+        policy = self._retry
+        ceiling = min(policy.max_delay, policy.base_delay * 2 ** (state.attempt_number - 1))
+        delay = random.uniform(0, ceiling)
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, GatewayError) and exc.retry_after:
+            delay = max(delay, exc.retry_after)
+        return delay
+
+    def _note_retry(self, operation: str, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if self._on_retry is not None and exc is not None:
+            self._on_retry(operation, _retry_reason(exc))
+
+
+def _retry_reason(exc: BaseException) -> str:
+    """A bounded label for why a call was retried."""
+    if isinstance(exc, GatewayError):
+        if exc.chert_code is not None:
+            return str(exc.chert_code)
+        return exc.code
+    return "other"
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, (UpstreamUnavailableError, UpstreamTimeoutError))
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare from an API; the backoff stands in
+
+
+async def _error_from_answer(response: aiohttp.ClientResponse, operation: str) -> GatewayError:
+    status = response.status
+    retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+    if 300 <= status < 400:
+        return UpstreamError(
+            f"Chert answered {operation} with a redirect ({status}); refused, the secret "
+            "goes only to Chert's origin"
+        )
+    chert_code, chert_message = None, ""
+    raw = await response.content.read(MAX_ERROR_BODY_BYTES)
+    try:
+        error = orjson.loads(raw).get("error") or {}
+        if isinstance(error.get("code"), int):
+            chert_code = error["code"]
+        chert_message = str(error.get("message") or "")
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    detail = f"Chert answered {operation} with {status}"
+    if chert_code is not None:
+        detail += f" (code {chert_code})"
+    if chert_message:
+        detail += f": {chert_message}"
+    if status == 429 or chert_code == NO_SENDER_LINE or (status >= 500 and chert_code is None):
+        return UpstreamUnavailableError(detail, chert_code=chert_code, retry_after=retry_after)
+    if status in (401, 403):
+        return UpstreamError(
+            f"{detail} (is the gateway's Chert secret right?)", chert_code=chert_code
+        )
+    if status == 404 and operation in ("get_attachment", "download"):
+        return NotFoundError(chert_message or "attachment not found", chert_code=chert_code)
+    return UpstreamError(detail, chert_code=chert_code)
+
+
+@contextmanager
+def _map_transport_errors(operation: str) -> Iterator[None]:
+    """aiohttp's connection failures → gateway errors, in one place."""
+    try:
+        yield
+    except GatewayError:
+        raise
+    except TimeoutError as exc:  # aiohttp's timeouts are TimeoutError subclasses
+        raise UpstreamTimeoutError(f"Chert did not answer {operation} in time") from exc
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+        raise UpstreamUnavailableError(
+            f"could not reach Chert for {operation}: {type(exc).__name__}"
+        ) from exc
+    except aiohttp.ClientResponseError as exc:
+        raise UpstreamError(f"Chert's {operation} answer was malformed: {exc.message}") from exc

@@ -1,0 +1,159 @@
+"""`chert-gateway serve | simulate`: the command line.
+
+Every `serve` flag is a setting of `config.OPTIONS`; a flag overrides its
+environment variable, and both go through the same validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway import __version__, logs
+from gateway.config import OPTIONS, ConfigError, Settings, parse_listen
+from gateway.server import Running, serve, start_site
+from gateway.simulator import ChertSimulator
+
+EXAMPLE_FILE = Path(__file__).parent / "examples" / "hello.png"
+EXAMPLE_CHAT_ID = "0f2d3c1a-8b4e-4f6a-90d2-1a3b4c5d6e7f"  # the chat id in Chert's own docs
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chert-gateway",
+        description="A streaming upload gateway in front of Chert's messaging API.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve_cmd = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        description=(
+            "Run the gateway. Each flag overrides the environment variable named in its help."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for option in OPTIONS:
+        serve_cmd.add_argument(
+            option.flag,
+            dest=option.env,
+            metavar=option.metavar,
+            help=f"{option.help} [env {option.env}; default: {option.default or 'none'}]",
+            default=argparse.SUPPRESS,
+        )
+    serve_cmd.add_argument(
+        "--simulate",
+        action="store_true",
+        help="embed the Chert simulator as the upstream (for demos and trials)",
+    )
+    _add_log_format(serve_cmd)
+
+    sim_cmd = commands.add_parser(
+        "simulate",
+        help="run the Chert simulator on its own",
+        description="Serve Chert's documented API (attachments, messages) for tests and demos.",
+    )
+    sim_cmd.add_argument("--host", default="127.0.0.1")
+    sim_cmd.add_argument("--port", type=int, default=8090)
+    sim_cmd.add_argument(
+        "--secret",
+        default=os.environ.get("CHERT_SIGNING_SECRET") or None,
+        help="bearer secret callers must present [env CHERT_SIGNING_SECRET; default: generated]",
+    )
+    sim_cmd.add_argument(
+        "--discard",
+        action="store_true",
+        help="hash uploads but store nothing (benchmarks); /content then answers 404",
+    )
+    _add_log_format(sim_cmd)
+    return parser
+
+
+def _add_log_format(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--log-format",
+        choices=("auto", "json", "text"),
+        default="auto",
+        help="json lines, readable text, or auto (text on a terminal)",
+    )
+
+
+def _configure_logs(args: argparse.Namespace) -> None:
+    logs.configure(json_lines={"auto": None, "json": True, "text": False}[args.log_format])
+
+
+def curl_example(api: str) -> str:
+    """A ready-to-paste curl line that sends the bundled example image."""
+    path = "/v1/chats/" + EXAMPLE_CHAT_ID + "/attachments?filename=hello.png&text=Hello%20from%20chert-gateway"
+    target = [f"{api}{path}"]
+    if api.startswith("unix:"):
+        target = ["--unix-socket", api.removeprefix("unix:"), f"http://localhost{path}"]
+    return shlex.join(
+        ["curl", "-sS", "-T", str(EXAMPLE_FILE), "-H", "Content-Type: image/png", *target]
+    )
+
+
+def _banner(running: Running) -> str:
+    lines = [
+        f"chert-gateway {__version__} is ready.",
+        f"  API:   {running.api}",
+        f"  ops:   {running.ops}/metrics  /healthz  /readyz",
+        f"  Chert: {running.chert}",
+    ]
+    if running.simulated_secret:
+        lines.append(f"         (embedded simulator; its secret: {running.simulated_secret})")
+    lines += ["", "Send a file:", f"  {curl_example(running.api)}", "", "Stop with Ctrl-C.", ""]
+    return "\n".join(lines)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {o.env: getattr(args, o.env) for o in OPTIONS if hasattr(args, o.env)}
+    try:
+        settings = Settings.from_env({**os.environ, **overrides}, simulate=args.simulate)
+    except ConfigError as exc:
+        print(f"chert-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    _configure_logs(args)
+
+    def announce(running: Running) -> None:
+        print(_banner(running), file=sys.stderr, flush=True)
+
+    asyncio.run(serve(settings, on_ready=announce))
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    _configure_logs(args)
+    secret = args.secret or secrets.token_urlsafe(24)
+
+    async def run() -> None:
+        simulator = ChertSimulator(secret, store_bodies=not args.discard)
+        runner = web.AppRunner(simulator.app(), access_log=None)
+        await runner.setup()
+        url = await start_site(runner, parse_listen(f"{args.host}:{args.port}"))
+        print(f"Chert simulator on {url}  (bearer secret: {secret})", file=sys.stderr, flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _simulate(args)

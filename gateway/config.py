@@ -1,0 +1,262 @@
+"""Settings: every tunable of the gateway, its default and its validation.
+
+One table (`OPTIONS`) names each setting's environment variable, its `serve`
+flag, its default and its help; `Settings.from_env` reads a mapping through
+it, so the CLI and the environment cannot drift apart. A bad value stops
+start-up with one line naming the variable and why (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from yarl import URL
+
+from gateway import credentials
+from gateway.credentials import Credential
+
+# Chert's own per-file limit (chert-api/attachments.md): nothing larger can
+# ever be sent, so a larger gateway limit would only waste the caller's bytes.
+CHERT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+
+
+class ConfigError(Exception):
+    """One line: the variable and what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """`host:port` or `unix:/path`."""
+
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Option:
+    env: str
+    default: str | None
+    help: str
+    metavar: str = "VALUE"
+
+    @property
+    def flag(self) -> str:
+        name = self.env.removeprefix("GATEWAY_").lower().replace("_", "-")
+        return f"--{name}"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("CHERT_API_URL", "https://console.trychert.com", "Chert base URL", "URL"),
+    Option(
+        "CHERT_SIGNING_SECRET",
+        None,
+        "Chert bearer secret (prefer the _FILE form: flags show in `ps`)",
+        "SECRET",
+    ),
+    Option(
+        "CHERT_SIGNING_SECRET_FILE",
+        None,
+        "file holding the Chert secret; re-read when it changes",
+        "PATH",
+    ),
+    Option("CHERT_TENANT", None, "sent as x-chert-tenant on content downloads", "SLUG"),
+    Option(
+        "CHERT_TIMEOUT",
+        "30",
+        "seconds to wait for Chert to answer, or to take the next chunk of an upload",
+        "SECONDS",
+    ),
+    Option("GATEWAY_LISTEN", "127.0.0.1:8080", "API listener: host:port or unix:/path", "ADDR"),
+    Option(
+        "GATEWAY_OPS_LISTEN", "0.0.0.0:9102", "ops listener (/metrics, /healthz, /readyz)", "ADDR"
+    ),
+    Option(
+        "GATEWAY_MAX_UPLOAD_BYTES",
+        str(CHERT_MAX_UPLOAD_BYTES),
+        "larger bodies get 413 (at most Chert's 100 MB)",
+        "BYTES",
+    ),
+    Option("GATEWAY_MAX_IN_FLIGHT", "64", "concurrent uploads; beyond it 503 + Retry-After", "N"),
+    Option(
+        "GATEWAY_SPOOL_DIR",
+        None,
+        "disk spool for bodies of unknown length (default: system temp dir)",
+        "PATH",
+    ),
+    Option("GATEWAY_SPOOL_MAX_BYTES", str(1024**3), "total bytes the spool may hold", "BYTES"),
+    Option(
+        "GATEWAY_CLIENT_TOKENS",
+        None,
+        "comma-separated bearer tokens callers must present",
+        "TOKENS",
+    ),
+    Option(
+        "GATEWAY_CLIENT_TOKENS_FILE",
+        None,
+        "file of client tokens (comma or newline separated)",
+        "PATH",
+    ),
+    Option(
+        "GATEWAY_CLIENT_TIMEOUT",
+        "30",
+        "longest wait for the next body chunk from a caller",
+        "SECONDS",
+    ),
+    Option(
+        "GATEWAY_DRAIN_SECONDS", "25", "how long SIGTERM waits for in-flight uploads", "SECONDS"
+    ),
+)
+
+OPTIONS_BY_ENV = {option.env: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    chert_api_url: URL
+    signing_secret: Credential | None
+    tenant: str | None
+    chert_timeout: float
+    listen: ListenAddress
+    ops_listen: ListenAddress
+    max_upload_bytes: int
+    max_in_flight: int
+    spool_dir: Path
+    spool_max_bytes: int
+    client_tokens: Credential | None
+    client_timeout: float
+    drain_seconds: float
+    simulate: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], *, simulate: bool = False) -> Settings:
+        """Read and validate every setting; raise ConfigError on the first bad one."""
+
+        def get(env: str) -> str | None:
+            value = environ.get(env)
+            if value is None or value == "":
+                return OPTIONS_BY_ENV[env].default
+            return value
+
+        def parse(env: str, parser: Callable[[str], Any]) -> Any:
+            raw = get(env)
+            if raw is None:
+                return None
+            try:
+                return parser(raw)
+            except (ValueError, credentials.CredentialError) as exc:
+                raise ConfigError(f"{env}: {exc}") from None
+
+        def credential(env: str, many: bool = False) -> Credential | None:
+            try:
+                return credentials.from_env_pair(get(env), get(env + "_FILE"), many=many)
+            except credentials.CredentialError as exc:
+                raise ConfigError(f"{env}: {exc}") from None
+
+        secret = credential("CHERT_SIGNING_SECRET")
+        if secret is None and not simulate:
+            raise ConfigError(
+                "CHERT_SIGNING_SECRET: required (or CHERT_SIGNING_SECRET_FILE, "
+                "or --simulate for the embedded Chert simulator)"
+            )
+        spool_dir = parse("GATEWAY_SPOOL_DIR", _directory) or Path(tempfile.gettempdir())
+        return cls(
+            chert_api_url=parse("CHERT_API_URL", _base_url),
+            signing_secret=secret,
+            tenant=get("CHERT_TENANT"),
+            chert_timeout=parse("CHERT_TIMEOUT", _positive_float),
+            listen=parse("GATEWAY_LISTEN", parse_listen),
+            ops_listen=parse("GATEWAY_OPS_LISTEN", parse_listen),
+            max_upload_bytes=parse("GATEWAY_MAX_UPLOAD_BYTES", _upload_limit),
+            max_in_flight=parse("GATEWAY_MAX_IN_FLIGHT", _positive_int),
+            spool_dir=spool_dir,
+            spool_max_bytes=parse("GATEWAY_SPOOL_MAX_BYTES", _positive_int),
+            client_tokens=credential("GATEWAY_CLIENT_TOKENS", many=True),
+            client_timeout=parse("GATEWAY_CLIENT_TIMEOUT", _positive_float),
+            drain_seconds=parse("GATEWAY_DRAIN_SECONDS", _non_negative_float),
+            simulate=simulate,
+        )
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"must be greater than 0, got {value}")
+    return value
+
+
+def _upload_limit(raw: str) -> int:
+    value = _positive_int(raw)
+    if value > CHERT_MAX_UPLOAD_BYTES:
+        raise ValueError(
+            f"{value} is over Chert's per-file limit of {CHERT_MAX_UPLOAD_BYTES} bytes"
+        )
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"must be a finite number of seconds ≥ 0, got {raw!r}")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = _non_negative_float(raw)
+    if value == 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _base_url(raw: str) -> URL:
+    url = URL(raw)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"expected an http(s) URL with a host, got {raw!r}")
+    if url.user or url.password:
+        raise ValueError("must not carry credentials; use CHERT_SIGNING_SECRET")
+    if url.query_string or url.fragment:
+        raise ValueError("must not carry a query or fragment")
+    return url.with_path(url.path.rstrip("/"))
+
+
+def _directory(raw: str) -> Path:
+    path = Path(raw).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"{raw!r} is not a directory")
+    return path
+
+
+def parse_listen(raw: str) -> ListenAddress:
+    """`host:port`, `[v6]:port`, `:port` (all interfaces) or `unix:/path`."""
+    if raw.startswith("unix:"):
+        path = raw.removeprefix("unix:")
+        if not path.startswith("/"):
+            raise ValueError(f"a Unix socket needs an absolute path, got {raw!r}")
+        return ListenAddress(path=path)
+    host, sep, port_text = raw.rpartition(":")
+    if not sep:
+        raise ValueError(f"expected host:port or unix:/path, got {raw!r}")
+    host = host.removeprefix("[").removesuffix("]") or "0.0.0.0"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"port must be a number, got {port_text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range")
+    return ListenAddress(host=host, port=port)

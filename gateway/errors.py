@@ -1,0 +1,145 @@
+"""The gateway's errors: one tree, each with a stable code, an HTTP status and
+whether the caller may retry.
+
+    GatewayError
+    ├── InvalidRequestError          400 invalid_request
+    ├── UnauthorizedError            401 unauthorized
+    ├── NotFoundError                404 not_found
+    ├── MethodNotAllowedError        405 method_not_allowed
+    ├── ClientTimeoutError           408 client_timeout
+    ├── IdempotencyInProgressError   409 idempotency_in_progress
+    ├── LengthRequiredError          411 length_required
+    ├── PayloadTooLargeError         413 payload_too_large
+    ├── UnsupportedMediaTypeError    415 unsupported_media_type
+    ├── IdempotencyKeyReusedError    422 idempotency_key_reused
+    ├── ClientAbortedError           499 client_aborted (never delivered: the caller left)
+    ├── UpstreamError                502 upstream_error
+    ├── OverloadedError              503 overloaded
+    ├── UpstreamUnavailableError     503 upstream_unavailable
+    └── UpstreamTimeoutError         504 upstream_timeout
+
+Handlers and the pipeline raise these; one middleware (`app.error_middleware`)
+turns them into the JSON error body. Foreign exceptions (aiohttp's, Chert's
+answers) are mapped once, where they arise: `chert.py` for Chert, `intake.py`
+for the caller's body.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class GatewayError(Exception):
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        chert_code: int | None = None,
+        retry_after: float | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.chert_code = chert_code
+        self.retry_after = retry_after
+        if retryable is not None:
+            # An instance may know better than its class: a broken streamed
+            # PUT is an upstream_error the caller can safely send again.
+            self.retryable = retryable  # type: ignore[misc]
+
+    def to_json(self, request_id: str) -> dict[str, Any]:
+        return {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "request_id": request_id,
+                "retryable": self.retryable,
+                "chert_code": self.chert_code,
+            }
+        }
+
+
+class InvalidRequestError(GatewayError):
+    code = "invalid_request"
+    status = 400
+
+
+class UnauthorizedError(GatewayError):
+    code = "unauthorized"
+    status = 401
+
+
+class NotFoundError(GatewayError):
+    code = "not_found"
+    status = 404
+
+
+class MethodNotAllowedError(GatewayError):
+    code = "method_not_allowed"
+    status = 405
+
+
+class ClientTimeoutError(GatewayError):
+    code = "client_timeout"
+    status = 408
+    retryable = True
+
+
+class IdempotencyInProgressError(GatewayError):
+    code = "idempotency_in_progress"
+    status = 409
+    retryable = True
+
+
+class LengthRequiredError(GatewayError):
+    code = "length_required"
+    status = 411
+
+
+class PayloadTooLargeError(GatewayError):
+    code = "payload_too_large"
+    status = 413
+
+
+class UnsupportedMediaTypeError(GatewayError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class IdempotencyKeyReusedError(GatewayError):
+    code = "idempotency_key_reused"
+    status = 422
+
+
+class ClientAbortedError(GatewayError):
+    """The caller closed the connection mid-body; there is no one to answer."""
+
+    code = "client_aborted"
+    status = 499
+
+
+class UpstreamError(GatewayError):
+    code = "upstream_error"
+    status = 502
+
+
+class OverloadedError(GatewayError):
+    code = "overloaded"
+    status = 503
+    retryable = True
+
+
+class UpstreamUnavailableError(GatewayError):
+    code = "upstream_unavailable"
+    status = 503
+    retryable = True
+
+
+class UpstreamTimeoutError(GatewayError):
+    code = "upstream_timeout"
+    status = 504
+    retryable = True

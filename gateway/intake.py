@@ -1,0 +1,201 @@
+"""From a caller's request to what the pipeline needs: the file's name, type
+and size, checked before a byte of the body is read, and the body itself as
+counted, limited, hashed chunks.
+
+Filename order (SPEC): Content-Disposition (RFC 6266, `filename*` too), then
+X-Filename, then the `filename` query parameter, then a name made from the
+MIME type. Only the base name is kept; control characters are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import unicodedata
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import StreamReader, hdrs, web
+from aiohttp.multipart import content_disposition_filename, parse_content_disposition
+
+from gateway import media
+from gateway.errors import (
+    ClientAbortedError,
+    ClientTimeoutError,
+    GatewayError,
+    InvalidRequestError,
+    LengthRequiredError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+
+# Chert's ids are UUIDs or hex; allow any plain token, refuse anything that
+# could change the path it is put into.
+CHAT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+MAX_FILENAME_BYTES = 255
+MAX_CAPTION_CHARS = 10_000
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    filename: str
+    content_type: str
+
+
+def chat_id(request: web.Request) -> str:
+    value = request.match_info["chat_id"]
+    if not CHAT_ID_RE.match(value):
+        raise InvalidRequestError(
+            "chat_id must be 1-128 letters, digits, '-' or '_' (the chat.id Chert returned)"
+        )
+    return value
+
+
+def idempotency_key(request: web.Request) -> str:
+    """The caller's key (header, then query), or a fresh one."""
+    key = request.headers.get("Idempotency-Key") or request.query.get("idempotency_key")
+    if key is None:
+        return uuid.uuid4().hex
+    if not IDEMPOTENCY_KEY_RE.match(key):
+        raise InvalidRequestError("Idempotency-Key must be 1-255 printable ASCII characters")
+    return key
+
+
+def caption(request: web.Request) -> str | None:
+    text = request.query.get("text")
+    if text is None or text == "":
+        return None
+    if len(text) > MAX_CAPTION_CHARS:
+        raise InvalidRequestError(f"text is over {MAX_CAPTION_CHARS} characters")
+    return text
+
+
+def clean_filename(raw: str) -> str:
+    """The base name of `raw`, refused if it holds control characters."""
+    if any(unicodedata.category(ch) == "Cc" for ch in raw):
+        raise InvalidRequestError("filename contains control characters")
+    name = re.split(r"[/\\]", raw)[-1].strip()
+    if name in ("", ".", ".."):
+        raise InvalidRequestError(f"filename {raw!r} has no base name")
+    if len(name.encode()) > MAX_FILENAME_BYTES:
+        raise InvalidRequestError(f"filename is over {MAX_FILENAME_BYTES} bytes")
+    return name
+
+
+def _given_filename(request: web.Request) -> str | None:
+    disposition = request.headers.get(hdrs.CONTENT_DISPOSITION)
+    if disposition:
+        _, params = parse_content_disposition(disposition)
+        name = content_disposition_filename(params, "filename")
+        if name:
+            return name
+    return request.headers.get("X-Filename") or request.query.get("filename") or None
+
+
+def file_meta(request: web.Request) -> FileMeta:
+    """Name and MIME type from the headers; 415 when Chert would not take it."""
+    given = _given_filename(request)
+    filename = clean_filename(given) if given is not None else None
+    content_type = media.normalize(request.headers.get(hdrs.CONTENT_TYPE, ""))
+    if content_type in media.GENERIC_TYPES:
+        guessed = media.guess_from_filename(filename) if filename else None
+        if guessed is None:
+            raise UnsupportedMediaTypeError(
+                "cannot tell the file's type: send its Content-Type, or a filename "
+                "with an extension Chert takes"
+            )
+        content_type = guessed
+    if not media.is_supported(content_type):
+        raise UnsupportedMediaTypeError(
+            f"Chert does not take {content_type}; it takes {', '.join(media.SUPPORTED_TYPES)}"
+        )
+    return FileMeta(filename or media.default_filename(content_type), content_type)
+
+
+def declared_size(request: web.Request, limit: int) -> int:
+    """The body's Content-Length, checked against the limit before it is read."""
+    if request.content_length is None:
+        raise LengthRequiredError("send the file with a Content-Length")
+    if request.content_length > limit:
+        raise PayloadTooLargeError(
+            f"the body is {request.content_length} bytes; the limit is {limit}"
+        )
+    if request.content_length == 0:
+        raise InvalidRequestError("the body is empty; send the file's bytes")
+    return request.content_length
+
+
+async def send_continue(request: web.Request) -> None:
+    """Answer `Expect: 100-continue` now that the pre-body checks have passed.
+
+    The route's own expect handler does nothing, so a rejection before this
+    point reaches the caller as a final answer and costs it no body bytes.
+    """
+    if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+async def defer_continue(request: web.Request) -> None:
+    """An expect_handler that leaves the decision to the handler (see send_continue)."""
+
+
+class CallerBody:
+    """The caller's body as it arrives: counted, capped at the declared size, hashed.
+
+    It implements `chert.UploadBody`. A caller that goes quiet for longer than
+    `client_timeout` or leaves mid-body makes `chunks` raise; the reason is
+    kept in `failure`, because the HTTP client wraps what a body raises.
+    """
+
+    def __init__(
+        self, content: StreamReader, size: int, *, chunk_size: int, client_timeout: float
+    ) -> None:
+        self.size = size
+        self.received = 0
+        self.failure: GatewayError | None = None
+        self._content = content
+        self._chunk_size = chunk_size
+        self._client_timeout = client_timeout
+        self._hasher = hashlib.sha256()
+
+    @property
+    def sha256(self) -> str:
+        return self._hasher.hexdigest()
+
+    async def chunks(
+        self, deadline: asyncio.Timeout, upstream_timeout: float
+    ) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        while self.received < self.size:
+            # While we wait on the caller only the client timeout applies.
+            deadline.reschedule(None)
+            chunk = await self._read(min(self._chunk_size, self.size - self.received))
+            self.received += len(chunk)
+            self._hasher.update(chunk)
+            deadline.reschedule(loop.time() + upstream_timeout)
+            yield chunk
+
+    async def _read(self, n: int) -> bytes:
+        try:
+            async with asyncio.timeout(self._client_timeout):
+                chunk: bytes = await self._content.read(n)
+        except TimeoutError:
+            self.failure = ClientTimeoutError(
+                f"no body bytes for {self._client_timeout:g} s after {self.received} of "
+                f"{self.size}; the upload was abandoned"
+            )
+            raise self.failure from None
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            self.failure = ClientAbortedError(
+                f"the caller left after {self.received} of {self.size} bytes"
+            )
+            raise self.failure from exc
+        if not chunk:
+            self.failure = ClientAbortedError(
+                f"the body ended after {self.received} of the {self.size} bytes declared"
+            )
+            raise self.failure
+        return chunk

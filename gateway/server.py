@@ -1,0 +1,151 @@
+"""Running the gateway: both listeners, the embedded simulator for
+`serve --simulate`, and the drain on SIGTERM.
+
+SIGTERM (or SIGINT): /readyz turns 503 and new uploads get 503 at once;
+uploads in flight get up to GATEWAY_DRAIN_SECONDS to finish; then the
+listeners close and `serve` returns, so the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import secrets
+import signal
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from yarl import URL
+
+from gateway.admission import Admission
+from gateway.app import create_app, create_ops_app
+from gateway.config import ListenAddress, Settings
+from gateway.credentials import Credential
+from gateway.metrics import Metrics
+from gateway.simulator import ChertSimulator
+
+log = logging.getLogger("chert_gateway")
+
+# After the drain, what is still open (idle keep-alive connections) gets this
+# long to close.
+CLOSE_GRACE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Running:
+    """What a started gateway serves, for a banner or a test to read."""
+
+    api: str
+    ops: str
+    chert: str
+    simulated_secret: str | None
+
+
+async def start_site(runner: web.AppRunner, address: ListenAddress) -> str:
+    """Bind `address`; return where it actually listens (port 0 → the real port)."""
+    if address.path is not None:
+        _remove_stale_socket(address.path)
+        site: web.BaseSite = web.UnixSite(runner, address.path)
+        await site.start()
+        # The socket stands for the loopback listener: reachable by anyone who
+        # can reach the (pod-local) directory it is in.
+        os.chmod(address.path, 0o666)
+        return f"unix:{address.path}"
+    site = web.TCPSite(runner, address.host, address.port)
+    await site.start()
+    server = site._server  # aiohttp exposes the bound sockets only here
+    assert isinstance(server, asyncio.Server)
+    host, port = server.sockets[0].getsockname()[:2]
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+async def serve(
+    settings: Settings,
+    *,
+    on_ready: Callable[[Running], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or `stop`), then drain and return."""
+    loop = asyncio.get_running_loop()
+    stop = stop if stop is not None else asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    runners: list[web.AppRunner] = []
+    simulated_secret = None
+    try:
+        if settings.simulate:
+            settings, simulated_secret, sim_runner = await _start_simulator(settings)
+            runners.append(sim_runner)
+        metrics = Metrics()
+        admission = Admission(settings.max_in_flight)
+        api = web.AppRunner(
+            create_app(settings, metrics=metrics, admission=admission),
+            access_log=None,  # our middleware logs each request, without query strings
+            shutdown_timeout=CLOSE_GRACE_SECONDS,
+        )
+        ops = web.AppRunner(create_ops_app(metrics, admission), access_log=None)
+        for runner in (api, ops):
+            await runner.setup()
+            runners.append(runner)
+        running = Running(
+            api=await start_site(api, settings.listen),
+            ops=await start_site(ops, settings.ops_listen),
+            chert=str(settings.chert_api_url),
+            simulated_secret=simulated_secret,
+        )
+        log.info(
+            "listening",
+            extra={"fields": {"api": running.api, "ops": running.ops, "chert": running.chert}},
+        )
+        if on_ready is not None:
+            on_ready(running)
+
+        await stop.wait()
+        admission.start_draining()
+        log.info(
+            "draining",
+            extra={"fields": {"in_flight": admission.in_flight, "drain_s": settings.drain_seconds}},
+        )
+        if not await admission.wait_idle(settings.drain_seconds):
+            log.warning(
+                "drain time over; cutting uploads still running",
+                extra={"fields": {"in_flight": admission.in_flight}},
+            )
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("stopped")
+
+
+async def _start_simulator(settings: Settings) -> tuple[Settings, str | None, web.AppRunner]:
+    """Start the Chert simulator on a loopback port and point the gateway at it."""
+    generated = None
+    if settings.signing_secret is not None:
+        secret = settings.signing_secret.current(0.0)
+    else:
+        secret = generated = secrets.token_urlsafe(24)
+    simulator = ChertSimulator(secret, tenant=settings.tenant)
+    runner = web.AppRunner(simulator.app(), access_log=None)
+    await runner.setup()
+    url = await start_site(runner, ListenAddress(host="127.0.0.1", port=0))
+    settings = dataclasses.replace(
+        settings,
+        chert_api_url=URL(url),
+        signing_secret=settings.signing_secret or Credential(inline=secret),
+    )
+    return settings, generated, runner

@@ -1,0 +1,473 @@
+"""The Chert simulator: Chert's documented API (chert-api/), served by aiohttp.
+
+It is the gateway's only stand-in for Chert in tests, demos and benchmarks, so
+it follows the vendor's pages, including the parts that make a client's life
+hard: `Content-Length` is required on the PUT, a larger body is refused before
+it is read, media must be fully uploaded before it can be sent. Bodies are
+streamed to disk (or discarded) while hashed, never held in memory.
+
+Besides Chert's routes it has a control surface under `/_simulator/` (faults,
+the request record, reset) for tests that run it in another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import orjson
+from aiohttp import web
+from yarl import URL
+
+from gateway import media
+from gateway.simulator.state import Attachment, Faults, RecordedRequest, SimulatorState
+
+MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+READ_CHUNK_BYTES = 256 * 1024
+
+# Chert's documented error codes (chert-api/attachments.md).
+INVALID = 1002  # invalid part shape or MIME mismatch
+MISSING_FIELD = 1003
+NO_SENDER_LINE = 3002
+DELIVERY_FAILED = 4001
+# Cases Chert's pages leave out. These numbers are the simulator's own; the
+# gateway relies only on the HTTP status for them.
+UNAUTHORIZED = 1001
+NOT_FOUND = 1004
+
+# The placeholder Chert's own page shows in required_headers: the caller is
+# expected to put its own secret there.
+SECRET_PLACEHOLDER = "Bearer <your-signing-secret>"
+
+PART_TYPES = ("text", "media", "rich_link")
+RICH_LINK_OPTIONAL = ("title", "summary", "image_url", "icon_url")
+
+STATE_KEY = web.AppKey("state", SimulatorState)
+RECORD_KEY = "chert_simulator_record"
+ChertHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ChertError(Exception):
+    """An answer in Chert's error shape: {"error": {"code": int, "message": str}}."""
+
+    def __init__(self, status: int, code: int, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+    def response(self) -> web.Response:
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+        body = {"error": {"code": self.code, "message": self.message}}
+        return _json(body, status=self.status, headers=headers)
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    stamp = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+class ChertSimulator:
+    """Chert's API and its state. `app()` gives the aiohttp application."""
+
+    def __init__(
+        self,
+        secret: str,
+        *,
+        tenant: str | None = None,
+        store_bodies: bool = True,
+        storage_dir: Path | None = None,
+    ) -> None:
+        self.secret = secret
+        self.tenant = tenant
+        self.store_bodies = store_bodies
+        self.state = SimulatorState()
+        self._storage_dir = storage_dir
+        self._owns_storage = storage_dir is None
+
+    @property
+    def faults(self) -> Faults:
+        return self.state.faults
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._record_and_map_errors])
+        app[STATE_KEY] = self.state
+        app.cleanup_ctx.append(self._storage)
+        app.router.add_post("/api/v1/attachments", self.create_attachment)
+        app.router.add_put("/api/v1/attachments/{attachment_id}/upload", self.upload)
+        app.router.add_get("/api/v1/attachments/{attachment_id}", self.get_attachment)
+        app.router.add_get("/api/v1/attachments/{attachment_id}/content", self.get_content)
+        app.router.add_post("/api/v1/chats/{chat_id}/messages", self.send_message)
+        app.router.add_get("/_simulator/faults", self.control_get_faults)
+        app.router.add_post("/_simulator/faults", self.control_set_faults)
+        app.router.add_get("/_simulator/requests", self.control_requests)
+        app.router.add_post("/_simulator/reset", self.control_reset)
+        return app
+
+    async def _storage(self, app: web.Application) -> AsyncIterator[None]:
+        if self._storage_dir is None:
+            self._storage_dir = Path(tempfile.mkdtemp(prefix="chert-simulator-"))
+        yield
+        if self._owns_storage:
+            shutil.rmtree(self._storage_dir, ignore_errors=True)
+
+    # -- plumbing -----------------------------------------------------------
+
+    @web.middleware
+    async def _record_and_map_errors(
+        self, request: web.Request, handler: ChertHandler
+    ) -> web.StreamResponse:
+        if request.path.startswith("/_simulator/"):
+            return await handler(request)
+        record = RecordedRequest(
+            method=request.method,
+            path=request.path,
+            query=request.query_string,
+            headers=list(request.headers.items()),
+        )
+        request[RECORD_KEY] = record
+        self.state.requests.append(record)
+        try:
+            response = await handler(request)
+        except ChertError as exc:
+            response = exc.response()
+        except web.HTTPException as exc:
+            response = ChertError(exc.status, NOT_FOUND, exc.reason).response()
+        record.status = response.status
+        return response
+
+    def _authorize(self, request: web.Request) -> None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), self.secret.encode()
+        ):
+            # "HMAC is not supported on the binary upload route. Use bearer auth."
+            raise ChertError(401, UNAUTHORIZED, "missing or invalid bearer token")
+
+    async def _json_body(self, request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        record: RecordedRequest = request[RECORD_KEY]
+        record.body_bytes, record.body_complete = len(raw), True
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ChertError(400, INVALID, "request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ChertError(400, INVALID, "request body must be a JSON object")
+        return body
+
+    def _attachment(self, request: web.Request) -> Attachment:
+        attachment = self.state.attachments.get(request.match_info["attachment_id"])
+        if attachment is None:
+            raise ChertError(404, NOT_FOUND, "attachment not found")
+        return attachment
+
+    # -- POST /api/v1/attachments ------------------------------------------
+
+    async def create_attachment(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        body = await self._json_body(request)
+        faults = self.faults
+        if faults.create_delay_seconds:
+            await asyncio.sleep(faults.create_delay_seconds)
+        if faults.fail_creates > 0:
+            faults.fail_creates -= 1
+            return web.Response(
+                status=503,
+                text="503 Service Temporarily Unavailable",
+                headers={"Retry-After": str(faults.retry_after_seconds)},
+            )
+        for name in ("filename", "content_type", "size_bytes"):
+            if body.get(name) in (None, ""):
+                raise ChertError(400, MISSING_FIELD, f"missing required field: {name}")
+        filename, content_type, size = body["filename"], body["content_type"], body["size_bytes"]
+        if not isinstance(filename, str) or not isinstance(content_type, str):
+            raise ChertError(400, INVALID, "filename and content_type must be strings")
+        if not media.is_supported(content_type):
+            raise ChertError(400, INVALID, f"unsupported MIME type: {content_type}")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ChertError(400, INVALID, "size_bytes must be a positive integer")
+        if size > MAX_UPLOAD_BYTES:
+            raise ChertError(
+                400, INVALID, f"size_bytes {size} is over the {MAX_UPLOAD_BYTES}-byte limit"
+            )
+        now = time.time()
+        attachment = Attachment(
+            attachment_id=uuid.uuid4().hex,
+            filename=filename,
+            content_type=content_type,
+            size_bytes=size,
+            created_at=now,
+            expires_at=now + faults.slot_ttl_seconds,
+        )
+        self.state.attachments[attachment.attachment_id] = attachment
+        origin = URL(faults.upload_origin) if faults.upload_origin else request.url.origin()
+        upload_url = origin.with_path(f"/api/v1/attachments/{attachment.attachment_id}/upload")
+        return _json(
+            {
+                "attachment_id": attachment.attachment_id,
+                "upload_url": str(upload_url),
+                "required_headers": {
+                    "authorization": SECRET_PLACEHOLDER,
+                    "content-type": content_type,
+                },
+                "expires_at": _iso(attachment.expires_at),
+            }
+        )
+
+    # -- PUT upload_url ----------------------------------------------------
+
+    async def upload(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        attachment = self._attachment(request)
+        if time.time() > attachment.expires_at:
+            raise ChertError(400, INVALID, "upload slot has expired; create a new one")
+        if request.content_length is None:
+            raise ChertError(411, INVALID, "Content-Length is required")
+        if request.content_length > attachment.size_bytes:
+            # Fast reject, before a byte of the body is read.
+            raise ChertError(
+                413,
+                INVALID,
+                f"Content-Length {request.content_length} exceeds the registered "
+                f"size_bytes {attachment.size_bytes}",
+            )
+        if request.content_length != attachment.size_bytes:
+            raise ChertError(
+                400,
+                INVALID,
+                f"Content-Length {request.content_length} does not match the "
+                f"registered size_bytes {attachment.size_bytes}",
+            )
+        declared = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if declared != attachment.content_type:
+            raise ChertError(
+                400,
+                INVALID,
+                f"Content-Type {declared or '(none)'} does not match the registered "
+                f"{attachment.content_type}",
+            )
+        digest, path = await self._receive_body(request, attachment)
+        if digest is None:
+            # The connection was reset or the body broke off: nothing is stored.
+            return web.Response(status=400)
+        attachment.uploaded_at, attachment.sha256, attachment.path = time.time(), digest, path
+        return _json({"attachment": self._metadata(attachment)})
+
+    async def _receive_body(
+        self, request: web.Request, attachment: Attachment
+    ) -> tuple[str | None, Path | None]:
+        """Stream the body to disk (or nowhere) while hashing it."""
+        record: RecordedRequest = request[RECORD_KEY]
+        faults = self.faults
+        reset_after, faults.reset_put_after_bytes = faults.reset_put_after_bytes, None
+        stall_for, faults.stall_put_seconds = faults.stall_put_seconds, 0.0
+        stall_after = faults.stall_put_after_bytes
+        hasher = hashlib.sha256()
+        path = None
+        if self.store_bodies:
+            assert self._storage_dir is not None
+            path = self._storage_dir / attachment.attachment_id
+        sink = await aiofiles.open(path, "wb") if path else None
+        try:
+            while True:
+                if stall_for and record.body_bytes >= stall_after:
+                    await asyncio.sleep(stall_for)
+                    stall_for = 0.0
+                chunk = await request.content.read(READ_CHUNK_BYTES)
+                if not chunk:
+                    break
+                record.body_bytes += len(chunk)
+                hasher.update(chunk)
+                if sink is not None:
+                    await sink.write(chunk)
+                if reset_after is not None and record.body_bytes >= reset_after:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return None, None
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            # aiohttp raises several kinds for a body that breaks off.
+            del exc
+            return None, None
+        finally:
+            if sink is not None:
+                await sink.close()
+        if record.body_bytes != attachment.size_bytes:
+            return None, None
+        record.body_complete = True
+        return hasher.hexdigest(), path
+
+    # -- GET metadata and content ------------------------------------------
+
+    def _metadata(self, attachment: Attachment) -> dict[str, Any]:
+        return {
+            "attachment_id": attachment.attachment_id,
+            "content_type": attachment.content_type,
+            "size_bytes": attachment.size_bytes,
+            "filename": attachment.filename,
+            "uploaded_at": _iso(attachment.uploaded_at),
+            "expires_at": _iso(attachment.expires_at),
+        }
+
+    async def get_attachment(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        return _json({"attachment": self._metadata(self._attachment(request))})
+
+    async def get_content(self, request: web.Request) -> web.StreamResponse:
+        self._authorize(request)
+        if self.tenant is not None and request.headers.get("x-chert-tenant") != self.tenant:
+            raise ChertError(404, NOT_FOUND, "attachment not found for this tenant")
+        attachment = self._attachment(request)
+        if attachment.path is None:
+            raise ChertError(404, NOT_FOUND, "attachment has no stored content")
+        # FileResponse streams from disk (sendfile where it can).
+        return web.FileResponse(attachment.path, headers={"Content-Type": attachment.content_type})
+
+    # -- POST /api/v1/chats/{chat_id}/messages ------------------------------
+
+    async def send_message(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        body = await self._json_body(request)
+        faults = self.faults
+        if faults.send_delay_seconds:
+            await asyncio.sleep(faults.send_delay_seconds)
+        message = body.get("message")
+        if message is None:
+            if "parts" in body:
+                raise ChertError(
+                    400, INVALID, "the body is wrapped in message; top-level parts are rejected"
+                )
+            raise ChertError(400, MISSING_FIELD, "missing required field: message")
+        if not isinstance(message, dict):
+            raise ChertError(400, INVALID, "message must be an object")
+        key = message.get("idempotency_key")
+        if key is not None and not isinstance(key, str):
+            raise ChertError(400, INVALID, "message.idempotency_key must be a string")
+        if key and key in self.state.messages_by_key:
+            return _json({"message": self.state.messages_by_key[key]})
+        parts = self._validate_parts(message.get("parts"))
+        self._validate_parallel(body.get("parallel_attachments"), parts)
+        if faults.fail_sends > 0:
+            faults.fail_sends -= 1
+            if faults.fail_send_code == NO_SENDER_LINE:
+                raise ChertError(
+                    503,
+                    NO_SENDER_LINE,
+                    "No eligible sender line available in your project.",
+                    retry_after=faults.retry_after_seconds,
+                )
+            raise ChertError(502, DELIVERY_FAILED, "Delivery failed downstream.")
+        sent = {
+            "id": uuid.uuid4().hex,
+            "chat_id": request.match_info["chat_id"],
+            "parts": parts,
+            "status": "sent",
+            "direction": "outbound",
+            "created_at": _iso(time.time()),
+            "delivered_at": None,
+            "read_at": None,
+            "service": "imessage",
+        }
+        self.state.messages.append(sent)
+        if key:
+            self.state.messages_by_key[key] = sent
+        return _json({"message": sent})
+
+    def _validate_parts(self, parts: Any) -> list[dict[str, Any]]:
+        if parts is None:
+            raise ChertError(400, MISSING_FIELD, "missing required field: message.parts")
+        if not isinstance(parts, list) or not parts:
+            raise ChertError(400, INVALID, "message.parts must be a non-empty array")
+        for index, part in enumerate(parts):
+            where = f"message.parts[{index}]"
+            if not isinstance(part, dict):
+                raise ChertError(400, INVALID, f"{where} must be an object")
+            kind = part.get("type")
+            if kind is None:
+                raise ChertError(400, MISSING_FIELD, f"missing required field: {where}.type")
+            if kind not in PART_TYPES:
+                raise ChertError(
+                    400, INVALID, f"{where}.type must be one of {', '.join(PART_TYPES)}"
+                )
+            if kind == "text":
+                self._require_string(part, "value", where)
+            elif kind == "media":
+                attachment_id = self._require_string(part, "attachment_id", where)
+                attachment = self.state.attachments.get(attachment_id)
+                if attachment is None or attachment.uploaded_at is None:
+                    raise ChertError(
+                        400, INVALID, f"{where}: attachment {attachment_id} is not fully uploaded"
+                    )
+            else:
+                url = self._require_string(part, "url", where)
+                if not re.match(r"^https?://[^\s/]+", url):
+                    raise ChertError(400, INVALID, f"{where}.url must be an http(s) URL")
+                for name in RICH_LINK_OPTIONAL:
+                    if name in part and not isinstance(part[name], str):
+                        raise ChertError(400, INVALID, f"{where}.{name} must be a string")
+        return parts
+
+    @staticmethod
+    def _require_string(part: dict[str, Any], name: str, where: str) -> str:
+        value = part.get(name)
+        if value is None or value == "":
+            raise ChertError(400, MISSING_FIELD, f"missing required field: {where}.{name}")
+        if not isinstance(value, str):
+            raise ChertError(400, INVALID, f"{where}.{name} must be a string")
+        return value
+
+    def _validate_parallel(self, flag: Any, parts: list[dict[str, Any]]) -> None:
+        if flag is None or flag is False:
+            return
+        if flag is not True:
+            raise ChertError(400, INVALID, "parallel_attachments must be a boolean")
+        media_parts = [p for p in parts if p["type"] == "media"]
+        if len(media_parts) < 2:
+            raise ChertError(400, INVALID, "parallel_attachments needs 2 or more media parts")
+        for part in media_parts:
+            attachment = self.state.attachments[part["attachment_id"]]
+            if attachment.content_type not in media.IMAGE_TYPES:
+                raise ChertError(
+                    400,
+                    INVALID,
+                    f"parallel_attachments takes images only; {attachment.attachment_id} "
+                    f"is {attachment.content_type}",
+                )
+
+    # -- control surface -----------------------------------------------------
+
+    async def control_get_faults(self, request: web.Request) -> web.Response:
+        return _json(self.faults.to_json())
+
+    async def control_set_faults(self, request: web.Request) -> web.Response:
+        try:
+            self.faults.update(orjson.loads(await request.read()))
+        except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
+            return _json({"error": str(exc)}, status=400)
+        return _json(self.faults.to_json())
+
+    async def control_requests(self, request: web.Request) -> web.Response:
+        return _json([r.to_json() for r in self.state.requests])
+
+    async def control_reset(self, request: web.Request) -> web.Response:
+        faults = type(self.faults)()
+        self.state.faults = faults
+        self.state.requests.clear()
+        return _json(faults.to_json())

@@ -1,0 +1,92 @@
+"""What the simulator remembers: attachments, sent messages, every request
+it saw, and the faults a test has asked for."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Attachment:
+    attachment_id: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    created_at: float
+    expires_at: float
+    uploaded_at: float | None = None
+    sha256: str | None = None
+    path: Path | None = None  # None when bodies are discarded
+
+
+@dataclass
+class RecordedRequest:
+    """One request as it crossed the wire, for tests to assert on."""
+
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[str, str]]
+    body_bytes: int = 0
+    body_complete: bool = False
+    status: int | None = None
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower()
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Faults:
+    """Misbehaviour on demand. One-shot faults are consumed by the request they hit."""
+
+    # The next N sends fail: 3002 → 503 with Retry-After, 4001 → 502.
+    fail_sends: int = 0
+    fail_send_code: int = 3002
+    retry_after_seconds: int = 0
+    # The next N slot creations get a bare 503 (a load balancer's answer, no JSON).
+    fail_creates: int = 0
+    # Seconds to wait before answering a slot creation / a send.
+    create_delay_seconds: float = 0.0
+    send_delay_seconds: float = 0.0
+    # One-shot: the next PUT's connection is reset after this many body bytes.
+    reset_put_after_bytes: int | None = None
+    # One-shot: the next PUT stops reading for this long after this many bytes.
+    stall_put_seconds: float = 0.0
+    stall_put_after_bytes: int = 0
+    # Hand out upload_urls on this origin instead of the simulator's own.
+    upload_origin: str | None = None
+    # Slot lifetime; Chert's is 15 minutes.
+    slot_ttl_seconds: float = 15 * 60
+
+    def update(self, changes: dict[str, Any]) -> None:
+        known = {f.name: f for f in dataclasses.fields(self)}
+        for name, value in changes.items():
+            if name not in known:
+                raise ValueError(f"unknown fault {name!r}; known: {sorted(known)}")
+            setattr(self, name, value)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SimulatorState:
+    attachments: dict[str, Attachment] = field(default_factory=dict)
+    # idempotency_key → the message answered the first time
+    messages_by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    faults: Faults = field(default_factory=Faults)
+
+    def requests_to(self, method: str, path_fragment: str = "") -> list[RecordedRequest]:
+        return [r for r in self.requests if r.method == method and path_fragment in r.path]

@@ -1,0 +1,17 @@
+"""Typed keys for what the gateway's applications hold (aiohttp AppKey)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.admission import Admission
+from gateway.chert import ChertClient
+from gateway.config import Settings
+from gateway.metrics import Metrics
+from gateway.pipeline import UploadPipeline
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+ADMISSION = web.AppKey("admission", Admission)
+CHERT = web.AppKey("chert", ChertClient)
+PIPELINE = web.AppKey("pipeline", UploadPipeline)
