@@ -20,7 +20,7 @@ from aiohttp import web
 
 from gateway import __version__, logs
 from gateway.config import OPTIONS, ConfigError, Settings, parse_listen
-from gateway.server import Running, serve, start_site
+from gateway.server import RUNNER_OPTIONS, Running, serve, start_site
 from gateway.simulator import ChertSimulator
 
 EXAMPLE_FILE = Path(__file__).parent / "examples" / "hello.png"
@@ -94,7 +94,11 @@ def _configure_logs(args: argparse.Namespace) -> None:
 
 def curl_example(api: str) -> str:
     """A ready-to-paste curl line that sends the bundled example image."""
-    path = "/v1/chats/" + EXAMPLE_CHAT_ID + "/attachments?filename=hello.png&text=Hello%20from%20chert-gateway"
+    path = (
+        "/v1/chats/"
+        + EXAMPLE_CHAT_ID
+        + "/attachments?filename=hello.png&text=Hello%20from%20chert-gateway"
+    )
     target = [f"{api}{path}"]
     if api.startswith("unix:"):
         target = ["--unix-socket", api.removeprefix("unix:"), f"http://localhost{path}"]
@@ -138,7 +142,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         simulator = ChertSimulator(secret, store_bodies=not args.discard)
-        runner = web.AppRunner(simulator.app(), access_log=None)
+        runner = web.AppRunner(simulator.app(), **RUNNER_OPTIONS)
         await runner.setup()
         url = await start_site(runner, parse_listen(f"{args.host}:{args.port}"))
         print(f"Chert simulator on {url}  (bearer secret: {secret})", file=sys.stderr, flush=True)

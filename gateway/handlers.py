@@ -17,7 +17,7 @@ from gateway.state import ADMISSION, PIPELINE, SETTINGS
 # measured fastest for a relay (64 KiB clearly slower, 1 MiB no faster).
 CHUNK_BYTES = 256 * 1024
 
-OUTCOME_KEY = "gateway_outcome"
+OUTCOME_KEY = web.RequestKey("gateway_outcome", str)
 
 
 def json_response(body: dict[str, Any], status: int = 200) -> web.Response:

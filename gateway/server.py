@@ -17,6 +17,7 @@ import signal
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from yarl import URL
@@ -29,6 +30,12 @@ from gateway.metrics import Metrics
 from gateway.simulator import ChertSimulator
 
 log = logging.getLogger("chert_gateway")
+
+# How every listener runs. `handler_cancellation` off (aiohttp's default, said
+# out loud): a caller that vanishes mid-body surfaces in the handler as an
+# error, so it aborts the upstream PUT, logs and counts the abort itself.
+# Our middleware logs each request (without query strings): no access_log.
+RUNNER_OPTIONS: dict[str, Any] = {"access_log": None, "handler_cancellation": False}
 
 # After the drain, what is still open (idle keep-alive connections) gets this
 # long to close.
@@ -93,10 +100,10 @@ async def serve(
         admission = Admission(settings.max_in_flight)
         api = web.AppRunner(
             create_app(settings, metrics=metrics, admission=admission),
-            access_log=None,  # our middleware logs each request, without query strings
             shutdown_timeout=CLOSE_GRACE_SECONDS,
+            **RUNNER_OPTIONS,
         )
-        ops = web.AppRunner(create_ops_app(metrics, admission), access_log=None)
+        ops = web.AppRunner(create_ops_app(metrics, admission), **RUNNER_OPTIONS)
         for runner in (api, ops):
             await runner.setup()
             runners.append(runner)
@@ -140,7 +147,7 @@ async def _start_simulator(settings: Settings) -> tuple[Settings, str | None, we
     else:
         secret = generated = secrets.token_urlsafe(24)
     simulator = ChertSimulator(secret, tenant=settings.tenant)
-    runner = web.AppRunner(simulator.app(), access_log=None)
+    runner = web.AppRunner(simulator.app(), **RUNNER_OPTIONS)
     await runner.setup()
     url = await start_site(runner, ListenAddress(host="127.0.0.1", port=0))
     settings = dataclasses.replace(

@@ -41,6 +41,13 @@ INVALID = 1002  # invalid part shape or MIME mismatch
 MISSING_FIELD = 1003
 NO_SENDER_LINE = 3002
 DELIVERY_FAILED = 4001
+# code → (HTTP status, Chert's wording), as the error table documents them.
+DOCUMENTED_ERRORS = {
+    MISSING_FIELD: (400, "Missing required field."),
+    INVALID: (400, "Invalid part shape or MIME mismatch."),
+    NO_SENDER_LINE: (503, "No eligible sender line available in your project."),
+    DELIVERY_FAILED: (502, "Delivery failed downstream."),
+}
 # Cases Chert's pages leave out. These numbers are the simulator's own; the
 # gateway relies only on the HTTP status for them.
 UNAUTHORIZED = 1001
@@ -54,7 +61,7 @@ PART_TYPES = ("text", "media", "rich_link")
 RICH_LINK_OPTIONAL = ("title", "summary", "image_url", "icon_url")
 
 STATE_KEY = web.AppKey("state", SimulatorState)
-RECORD_KEY = "chert_simulator_record"
+RECORD_KEY = web.RequestKey("chert_simulator_record", RecordedRequest)
 ChertHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -163,7 +170,7 @@ class ChertSimulator:
 
     async def _json_body(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()
-        record: RecordedRequest = request[RECORD_KEY]
+        record = request[RECORD_KEY]
         record.body_bytes, record.body_complete = len(raw), True
         try:
             body = orjson.loads(raw)
@@ -275,7 +282,7 @@ class ChertSimulator:
         self, request: web.Request, attachment: Attachment
     ) -> tuple[str | None, Path | None]:
         """Stream the body to disk (or nowhere) while hashing it."""
-        record: RecordedRequest = request[RECORD_KEY]
+        record = request[RECORD_KEY]
         faults = self.faults
         reset_after, faults.reset_put_after_bytes = faults.reset_put_after_bytes, None
         stall_for, faults.stall_put_seconds = faults.stall_put_seconds, 0.0
@@ -366,14 +373,10 @@ class ChertSimulator:
         self._validate_parallel(body.get("parallel_attachments"), parts)
         if faults.fail_sends > 0:
             faults.fail_sends -= 1
-            if faults.fail_send_code == NO_SENDER_LINE:
-                raise ChertError(
-                    503,
-                    NO_SENDER_LINE,
-                    "No eligible sender line available in your project.",
-                    retry_after=faults.retry_after_seconds,
-                )
-            raise ChertError(502, DELIVERY_FAILED, "Delivery failed downstream.")
+            code = faults.fail_send_code
+            status, text = DOCUMENTED_ERRORS.get(code, (500, "simulated failure"))
+            retry_after = faults.retry_after_seconds if status == 503 else None
+            raise ChertError(status, code, text, retry_after=retry_after)
         sent = {
             "id": uuid.uuid4().hex,
             "chat_id": request.match_info["chat_id"],

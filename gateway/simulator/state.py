@@ -49,7 +49,8 @@ class RecordedRequest:
 class Faults:
     """Misbehaviour on demand. One-shot faults are consumed by the request they hit."""
 
-    # The next N sends fail: 3002 → 503 with Retry-After, 4001 → 502.
+    # The next N sends fail with this documented code, at its documented status:
+    # 3002 → 503 with Retry-After, 4001 → 502, 1002/1003 → 400.
     fail_sends: int = 0
     fail_send_code: int = 3002
     retry_after_seconds: int = 0

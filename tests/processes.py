@@ -1,0 +1,118 @@
+"""The gateway as its own OS process, the way users run it, for tests that
+measure its memory, send it signals or read its logs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import orjson
+
+START_TIMEOUT_S = 20
+
+
+class GatewayProcess:
+    """`python -m gateway serve` with the given environment, listening on port 0."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.env = {
+            **os.environ,
+            "GATEWAY_LISTEN": "127.0.0.1:0",
+            "GATEWAY_OPS_LISTEN": "127.0.0.1:0",
+            **env,
+        }
+        self.args = args
+        self.lines: list[str] = []
+        self.api = ""
+        self.ops = ""
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def log_entries(self) -> list[dict[str, object]]:
+        entries = []
+        for line in self.lines:
+            if line.startswith("{"):
+                entries.append(orjson.loads(line))
+        return entries
+
+    async def __aenter__(self) -> GatewayProcess:
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--log-format",
+            "json",
+            *self.args,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        self._reader = asyncio.create_task(self._read_output())
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                await self._listening.wait()
+        except TimeoutError:
+            await self.stop()
+            raise RuntimeError(f"gateway did not start:\n{self.output}") from None
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _read_output(self) -> None:
+        assert self._proc is not None
+        assert self._proc.stdout is not None
+        async for raw in self._proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            if '"msg":"listening"' in line:
+                entry = orjson.loads(line)
+                self.api, self.ops = str(entry["api"]), str(entry["ops"])
+                self._listening.set()
+
+    def signal(self, signum: int) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signum)
+
+    async def wait(self, timeout: float = 30) -> int:
+        assert self._proc is not None
+        async with asyncio.timeout(timeout):
+            code = await self._proc.wait()
+        if self._reader is not None:
+            await self._reader
+        return code
+
+    async def stop(self) -> int | None:
+        if self._proc is None or self._proc.returncode is not None:
+            return self._proc.returncode if self._proc else None
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            return await self.wait(timeout=30)
+        except TimeoutError:
+            self._proc.kill()
+            return await self.wait()
+
+    def peak_rss_bytes(self) -> int:
+        """VmHWM: the highest resident set size the process has had."""
+        return _status_kib(self.pid, "VmHWM") * 1024
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)

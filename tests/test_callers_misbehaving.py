@@ -1,0 +1,145 @@
+"""Callers that leave, stall, lie about their length or wait for 100-continue.
+
+These speak raw HTTP/1.1 over a socket, because a well-behaved client
+library will not misbehave on request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from gateway.simulator import ChertSimulator
+from gateway.state import METRICS
+from tests.conftest import CHAT_ID, GatewayFactory
+
+PATH = f"/v1/chats/{CHAT_ID}/attachments"
+
+
+class RawCaller:
+    """One HTTP/1.1 request written by hand."""
+
+    def __init__(self, client: TestClient[Any, Any]) -> None:
+        assert client.server.host
+        assert client.server.port
+        self.host, self.port = client.server.host, client.server.port
+
+    async def open(self, declared: int, *, expect: bool = False, content_type: str = "image/png"):
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        head = (
+            f"POST {PATH} HTTP/1.1\r\nHost: {self.host}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {declared}\r\n"
+        )
+        if expect:
+            head += "Expect: 100-continue\r\n"
+        writer.write((head + "\r\n").encode())
+        await writer.drain()
+        return reader, writer
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+async def read_status(reader: asyncio.StreamReader) -> int:
+    line = await asyncio.wait_for(reader.readline(), 10)
+    return int(line.split()[1])
+
+
+async def test_caller_that_disconnects_mid_body_aborts_the_put_and_sends_nothing(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator
+) -> None:
+    size = 10_000_000
+    _reader, writer = await RawCaller(gateway).open(size)
+    writer.write(b"\x89PNG\r\n\x1a\n" + os.urandom(size // 5))  # 20 %, then gone
+    await writer.drain()
+    await wait_for(lambda: simulator.state.requests_to("PUT"))
+    writer.close()
+
+    (put,) = simulator.state.requests_to("PUT")
+    await wait_for(lambda: put.status is not None)
+    assert not put.body_complete
+    assert put.body_bytes < size
+    metrics = gateway.server.app[METRICS]  # type: ignore[union-attr]
+    aborted = {"route": "/v1/chats/{chat_id}/attachments", "outcome": "client_aborted"}
+    await wait_for(
+        lambda: metrics.registry.get_sample_value("chert_gateway_requests_total", aborted)
+    )
+    assert simulator.state.requests_to("POST", "/messages") == []
+    # And the gateway keeps serving.
+    response = await gateway.post(
+        PATH, data=b"\x89PNG\r\n\x1a\n" + b"x" * 10, headers={"Content-Type": "image/png"}
+    )
+    assert response.status == 201
+
+
+async def test_caller_that_sends_less_than_declared_causes_no_send(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator
+) -> None:
+    declared = 10 * 1024 * 1024
+    _reader, writer = await RawCaller(gateway).open(declared)
+    writer.write(os.urandom(9 * 1024 * 1024))
+    await writer.drain()
+    writer.write_eof()  # "done" — 1 MB short
+    await wait_for(lambda: any(r.status for r in simulator.state.requests_to("PUT")))
+    writer.close()
+    await asyncio.sleep(0.2)
+    (put,) = simulator.state.requests_to("PUT")
+    assert not put.body_complete
+    assert simulator.state.requests_to("POST", "/messages") == []
+    assert simulator.state.messages == []
+
+
+async def test_stalled_caller_gets_408_and_the_put_is_aborted(
+    make_gateway: GatewayFactory, simulator: ChertSimulator
+) -> None:
+    client = await make_gateway(GATEWAY_CLIENT_TIMEOUT="0.5")
+    reader, writer = await RawCaller(client).open(1_000_000)
+    writer.write(os.urandom(100_000))
+    await writer.drain()  # … and then nothing more
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    assert b" 408 " in status_line
+    writer.close()
+    (put,) = simulator.state.requests_to("PUT")
+    await wait_for(lambda: put.status is not None)
+    assert not put.body_complete
+    assert simulator.state.requests_to("POST", "/messages") == []
+
+
+async def test_expect_100_continue_refusal_costs_no_body_bytes(
+    make_gateway: GatewayFactory, simulator: ChertSimulator
+) -> None:
+    client = await make_gateway(GATEWAY_MAX_UPLOAD_BYTES=1000)
+    reader, writer = await RawCaller(client).open(5000, expect=True)
+    # No body written: the answer must come without it.
+    assert await read_status(reader) == 413
+    writer.close()
+    assert simulator.state.requests == []
+
+
+async def test_expect_100_continue_is_answered_once_checks_pass(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator
+) -> None:
+    body = b"\x89PNG\r\n\x1a\n" + os.urandom(5000)
+    reader, writer = await RawCaller(gateway).open(len(body), expect=True)
+    assert await read_status(reader) == 100
+    await reader.readline()  # the blank line after "100 Continue"
+    writer.write(body)
+    await writer.drain()
+    assert await read_status(reader) == 201
+    writer.close()
+    assert len(simulator.state.messages) == 1
+
+
+async def test_unsupported_type_with_expect_is_refused_before_the_body(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator
+) -> None:
+    reader, writer = await RawCaller(gateway).open(5000, expect=True, content_type="text/html")
+    assert await read_status(reader) == 415
+    writer.close()
+    assert simulator.state.requests == []

@@ -1,0 +1,80 @@
+"""The command line: help, start-up errors, and `serve --simulate`'s banner,
+whose curl line must work exactly as printed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+
+import orjson
+
+from gateway.config import OPTIONS
+from tests.conftest import require_tool
+from tests.processes import GatewayProcess
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=30,
+        check=False,
+    )
+
+
+def test_serve_help_documents_every_option() -> None:
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0
+    for option in OPTIONS:
+        assert option.flag in result.stdout
+        assert option.env in result.stdout
+    assert "--simulate" in result.stdout
+
+
+def test_a_bad_configuration_stops_start_up_with_one_line() -> None:
+    result = run_cli("serve", env={"CHERT_SIGNING_SECRET": "x", "GATEWAY_MAX_IN_FLIGHT": "many"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "GATEWAY_MAX_IN_FLIGHT" in lines[0]
+
+
+def test_a_flag_overrides_its_environment_variable() -> None:
+    result = run_cli(
+        "serve",
+        "--max-in-flight",
+        "zero",
+        env={"CHERT_SIGNING_SECRET": "x", "GATEWAY_MAX_IN_FLIGHT": "5"},
+    )
+    assert result.returncode == 2
+    assert "'zero'" in result.stderr
+
+
+async def test_the_simulate_banner_prints_a_curl_line_that_works() -> None:
+    require_tool("curl")
+    async with GatewayProcess({}, "--simulate") as gateway:
+        await asyncio.sleep(0.1)  # the banner follows the "listening" line
+        (line,) = [line for line in gateway.lines if line.strip().startswith("curl ")]
+        proc = await asyncio.create_subprocess_exec(
+            "bash",
+            "-c",
+            line.strip() + " -w '\\n%{http_code}'",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await proc.communicate()
+        exit_code = await gateway.stop()
+    body, _, status = out.decode().rpartition("\n")
+    assert status == "201", body
+    answer = orjson.loads(body)
+    assert answer["filename"] == "hello.png"
+    assert answer["message"]["status"] == "sent"
+    assert exit_code == 0
+    secret = re.search(r"its secret: (\S+)\)", gateway.output)
+    assert secret is not None
+    # The generated secret is shown once, in the banner, and in no log line.
+    assert sum(secret.group(1) in line for line in gateway.lines) == 1
