@@ -340,3 +340,35 @@ async def test_a_slow_chert_becomes_504(
     simulator.faults.update({"send_delay_seconds": 1.0})
     status, answer, _ = await send(client, png_bytes(500))
     assert (status, answer["error"]["code"]) == (504, "upstream_timeout")
+
+
+async def test_an_upstream_that_pauses_reading_only_slows_the_upload(
+    make_gateway: GatewayFactory, simulator: ChertSimulator
+) -> None:
+    client = await make_gateway(CHERT_TIMEOUT="3")
+    simulator.faults.update({"stall_put_seconds": 1.0, "stall_put_after_bytes": 100_000})
+    status, answer, _ = await send(client, png_bytes(8_000_000))
+    assert status == 201, answer
+    assert answer["timings"]["upload_s"] >= 1.0
+    assert len(simulator.state.messages) == 1
+
+
+async def test_an_upstream_that_stops_reading_becomes_504_and_nothing_is_sent(
+    make_gateway: GatewayFactory, simulator: ChertSimulator
+) -> None:
+    client = await make_gateway(CHERT_TIMEOUT="0.5")
+    simulator.faults.update({"stall_put_seconds": 2.0, "stall_put_after_bytes": 100_000})
+    status, answer, _ = await send(client, png_bytes(20_000_000))
+    assert (status, answer["error"]["code"]) == (504, "upstream_timeout")
+    assert simulator.state.requests_to("POST", "/messages") == []
+
+
+async def test_slow_slot_creation_is_retried_then_504(
+    make_gateway: GatewayFactory, simulator: ChertSimulator
+) -> None:
+    client = await make_gateway(CHERT_TIMEOUT="0.2")
+    simulator.faults.update({"create_delay_seconds": 1.0})
+    status, answer, _ = await send(client, png_bytes(500))
+    assert (status, answer["error"]["code"]) == (504, "upstream_timeout")
+    assert len(simulator.state.requests_to("POST", "/api/v1/attachments")) == 4
+    assert simulator.state.requests_to("PUT") == []
