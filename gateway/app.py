@@ -26,6 +26,7 @@ from gateway.errors import (
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
+    UnauthorizedError,
 )
 from gateway.metrics import Metrics
 from gateway.pipeline import UploadPipeline
@@ -142,6 +143,17 @@ def _record(
     )
 
 
+@web.middleware
+async def client_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With GATEWAY_CLIENT_TOKENS set, every /v1 call needs one of them as a bearer."""
+    tokens = request.app[SETTINGS].client_tokens
+    if tokens is not None and request.path.startswith("/v1/"):
+        scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+        if scheme.lower() != "bearer" or not tokens.matches(token.strip(), time.monotonic()):
+            raise UnauthorizedError("send 'Authorization: Bearer <token>' with a client token")
+    return await handler(request)
+
+
 async def _chert_client(app: web.Application) -> Any:
     """The session to Chert lives as long as the app (cleanup_ctx)."""
     settings = app[SETTINGS]
@@ -176,7 +188,7 @@ def create_app(
     metrics = metrics if metrics is not None else Metrics()
     admission = admission if admission is not None else Admission(settings.max_in_flight)
     metrics.in_flight.set_function(lambda: admission.in_flight)
-    app = web.Application(middlewares=[request_middleware])
+    app = web.Application(middlewares=[request_middleware, client_auth_middleware])
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[ADMISSION] = admission

@@ -3,9 +3,10 @@ loopback port, talking HTTP to each other."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -83,3 +84,11 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{name} is required in CI but is not installed")
         pytest.skip(f"{name} is not installed")
     return path
+
+
+@pytest.fixture(autouse=True)
+def secret_never_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every test doubles as a check that the Chert secret reaches no log line."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    assert SECRET not in caplog.text
