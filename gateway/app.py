@@ -28,9 +28,10 @@ from gateway.errors import (
     PayloadTooLargeError,
     UnauthorizedError,
 )
+from gateway.idempotency import IdempotencyStore
 from gateway.metrics import Metrics
 from gateway.pipeline import UploadPipeline
-from gateway.state import ADMISSION, CHERT, METRICS, PIPELINE, SETTINGS
+from gateway.state import ADMISSION, CHERT, IDEMPOTENCY, METRICS, PIPELINE, SETTINGS
 
 log = logging.getLogger("chert_gateway")
 access_log = logging.getLogger(logs.ACCESS_LOGGER)
@@ -192,6 +193,7 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[ADMISSION] = admission
+    app[IDEMPOTENCY] = IdempotencyStore()
     app.cleanup_ctx.append(_chert_client)
     handlers.add_routes(app)
     return app

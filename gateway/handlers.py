@@ -1,27 +1,38 @@
-"""The API's handlers: thin. Each parses the request (intake), runs the
-pipeline inside an admission slot, and shapes the answer."""
+"""The API's handlers: thin. Each parses the request (intake), holds its
+idempotency key, runs the pipeline inside an admission slot, and shapes the
+answer."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from gateway import intake
+from gateway.idempotency import fingerprint
 from gateway.intake import CallerBody
 from gateway.pipeline import Timings
-from gateway.state import ADMISSION, PIPELINE, SETTINGS
+from gateway.state import ADMISSION, IDEMPOTENCY, PIPELINE, SETTINGS
 
 # The size of the pieces read from the caller and written to Chert: 256 KiB
 # measured fastest for a relay (64 KiB clearly slower, 1 MiB no faster).
 CHUNK_BYTES = 256 * 1024
 
 OUTCOME_KEY = web.RequestKey("gateway_outcome", str)
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def json_response(body: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _replay(request: web.Request, answer: dict[str, Any]) -> web.Response:
+    request[OUTCOME_KEY] = "replayed"
+    response = json_response(answer, status=201)
+    response.headers[REPLAYED_HEADER] = "true"
+    return response
 
 
 def _caller_body(request: web.Request, size: int) -> CallerBody:
@@ -38,15 +49,26 @@ async def send_file(request: web.Request) -> web.Response:
     """POST|PUT /v1/chats/{chat_id}/attachments: one file, one message."""
     settings = request.app[SETTINGS]
     chat_id = intake.chat_id(request)
-    key = intake.idempotency_key(request)
+    given_key = intake.idempotency_key(request)
     caption = intake.caption(request)
     meta = intake.file_meta(request)
     size = intake.declared_size(request, settings.max_upload_bytes)
-    async with request.app[ADMISSION].slot():
-        await intake.send_continue(request)
-        answer = await request.app[PIPELINE].send_file(
-            chat_id, meta, _caller_body(request, size), caption=caption, idempotency_key=key
-        )
+    request_print = fingerprint(
+        "send_file", chat_id, meta.filename, meta.content_type, size, caption
+    )
+    with request.app[IDEMPOTENCY].claim(given_key, request_print) as claim:
+        if claim.replay is not None:
+            return _replay(request, claim.replay)
+        async with request.app[ADMISSION].slot():
+            await intake.send_continue(request)
+            answer = await request.app[PIPELINE].send_file(
+                chat_id,
+                meta,
+                _caller_body(request, size),
+                caption=caption,
+                idempotency_key=given_key or uuid.uuid4().hex,
+            )
+        claim.complete(answer)
     request[OUTCOME_KEY] = "sent"
     return json_response(answer, status=201)
 
@@ -54,13 +76,22 @@ async def send_file(request: web.Request) -> web.Response:
 async def upload_only(request: web.Request) -> web.Response:
     """POST /v1/attachments: the file goes to Chert; no message is sent."""
     settings = request.app[SETTINGS]
+    given_key = intake.idempotency_key(request)
     meta = intake.file_meta(request)
     size = intake.declared_size(request, settings.max_upload_bytes)
-    async with request.app[ADMISSION].slot():
-        await intake.send_continue(request)
-        uploaded = await request.app[PIPELINE].upload(meta, _caller_body(request, size), Timings())
+    request_print = fingerprint("upload_only", meta.filename, meta.content_type, size)
+    with request.app[IDEMPOTENCY].claim(given_key, request_print) as claim:
+        if claim.replay is not None:
+            return _replay(request, claim.replay)
+        async with request.app[ADMISSION].slot():
+            await intake.send_continue(request)
+            uploaded = await request.app[PIPELINE].upload(
+                meta, _caller_body(request, size), Timings()
+            )
+        answer = {**uploaded.to_json(), "expires_at": uploaded.expires_at}
+        claim.complete(answer)
     request[OUTCOME_KEY] = "uploaded"
-    return json_response({**uploaded.to_json(), "expires_at": uploaded.expires_at}, status=201)
+    return json_response(answer, status=201)
 
 
 def add_routes(app: web.Application) -> None:

@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import re
 import unicodedata
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -54,11 +53,11 @@ def chat_id(request: web.Request) -> str:
     return value
 
 
-def idempotency_key(request: web.Request) -> str:
-    """The caller's key (header, then query), or a fresh one."""
+def idempotency_key(request: web.Request) -> str | None:
+    """The caller's key (header, then query); None when it gave none."""
     key = request.headers.get("Idempotency-Key") or request.query.get("idempotency_key")
     if key is None:
-        return uuid.uuid4().hex
+        return None
     if not IDEMPOTENCY_KEY_RE.match(key):
         raise InvalidRequestError("Idempotency-Key must be 1-255 printable ASCII characters")
     return key

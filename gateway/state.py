@@ -7,6 +7,7 @@ from aiohttp import web
 from gateway.admission import Admission
 from gateway.chert import ChertClient
 from gateway.config import Settings
+from gateway.idempotency import IdempotencyStore
 from gateway.metrics import Metrics
 from gateway.pipeline import UploadPipeline
 
@@ -15,3 +16,4 @@ METRICS = web.AppKey("metrics", Metrics)
 ADMISSION = web.AppKey("admission", Admission)
 CHERT = web.AppKey("chert", ChertClient)
 PIPELINE = web.AppKey("pipeline", UploadPipeline)
+IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)

@@ -27,7 +27,14 @@ class RawCaller:
         assert client.server.port
         self.host, self.port = client.server.host, client.server.port
 
-    async def open(self, declared: int, *, expect: bool = False, content_type: str = "image/png"):
+    async def open(
+        self,
+        declared: int,
+        *,
+        expect: bool = False,
+        content_type: str = "image/png",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await asyncio.open_connection(self.host, self.port)
         head = (
             f"POST {PATH} HTTP/1.1\r\nHost: {self.host}\r\n"
@@ -35,6 +42,8 @@ class RawCaller:
         )
         if expect:
             head += "Expect: 100-continue\r\n"
+        for name, value in (headers or {}).items():
+            head += f"{name}: {value}\r\n"
         writer.write((head + "\r\n").encode())
         await writer.drain()
         return reader, writer

@@ -102,8 +102,10 @@ async def test_a_key_is_generated_when_the_caller_gives_none(
     gateway: TestClient[Any, Any], simulator: ChertSimulator
 ) -> None:
     await send(gateway, png_bytes(500))
-    (key,) = simulator.state.messages_by_key
-    assert len(key) >= 16
+    await send(gateway, png_bytes(500))
+    keys = list(simulator.state.messages_by_key)
+    assert len(keys) == 2  # a fresh key each time: two messages, not one replay
+    assert all(len(key) >= 16 for key in keys)
 
 
 async def test_request_id_is_echoed_or_made(gateway: TestClient[Any, Any]) -> None:
