@@ -31,7 +31,8 @@ from gateway.errors import (
 from gateway.idempotency import IdempotencyStore
 from gateway.metrics import Metrics
 from gateway.pipeline import UploadPipeline
-from gateway.state import ADMISSION, CHERT, IDEMPOTENCY, METRICS, PIPELINE, SETTINGS
+from gateway.spool import Spool
+from gateway.state import ADMISSION, CHERT, IDEMPOTENCY, METRICS, PIPELINE, SETTINGS, SPOOL
 
 log = logging.getLogger("chert_gateway")
 access_log = logging.getLogger(logs.ACCESS_LOGGER)
@@ -45,7 +46,6 @@ REJECTED_CODES = frozenset(
         "unauthorized",
         "not_found",
         "method_not_allowed",
-        "length_required",
         "payload_too_large",
         "unsupported_media_type",
         "idempotency_in_progress",
@@ -194,6 +194,8 @@ def create_app(
     app[METRICS] = metrics
     app[ADMISSION] = admission
     app[IDEMPOTENCY] = IdempotencyStore()
+    spool = app[SPOOL] = Spool(settings.spool_dir, settings.spool_max_bytes)
+    spool.sweep()
     app.cleanup_ctx.append(_chert_client)
     handlers.add_routes(app)
     return app

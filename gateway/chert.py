@@ -21,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
@@ -45,6 +45,8 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+
+T = TypeVar("T")
 
 NO_SENDER_LINE = 3002
 # An error body larger than this is not Chert's JSON; read no more of it.
@@ -77,10 +79,17 @@ class UploadBody(Protocol):
     trips the deadline.
     """
 
-    size: int
-    # Set when the body's own source failed (the caller left, stalled, lied
-    # about its length): that, not the broken PUT, is what the caller hears.
-    failure: GatewayError | None
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def replayable(self) -> bool:
+        """True when the body can be sent again from the start (spooled to disk)."""
+
+    @property
+    def failure(self) -> GatewayError | None:
+        """Set when the body's own source failed (the caller left, stalled, lied
+        about its length): that, not the broken PUT, is what the caller hears."""
 
     def chunks(
         self, deadline: asyncio.Timeout, upstream_timeout: float
@@ -134,8 +143,23 @@ class ChertClient:
         return slot
 
     async def upload(self, slot: UploadSlot, body: UploadBody, content_type: str) -> None:
-        """PUT the body to the slot with Content-Length; never chunked, never redirected."""
+        """PUT the body to the slot with Content-Length; never chunked, never redirected.
+
+        A replayable body is retried like any other call; a streamed one is
+        gone once sent, so its failure reaches the caller as a retryable 502.
+        """
         headers = self._upload_headers(slot, content_type, body.size)
+        if body.replayable:
+            await self._with_retries("upload", lambda: self._put(slot, body, headers))
+            return
+        try:
+            await self._put(slot, body, headers)
+        except UpstreamUnavailableError as exc:
+            raise UpstreamError(
+                f"the upload to Chert broke off: {exc.message}", retryable=True
+            ) from exc
+
+    async def _put(self, slot: UploadSlot, body: UploadBody, headers: dict[str, str]) -> None:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(loop.time() + self._timeout) as deadline:
@@ -154,11 +178,6 @@ class ChertClient:
                 raise UpstreamTimeoutError(
                     f"Chert took more than {self._timeout:g} s to take the next part of the upload"
                 ) from None
-            if isinstance(exc, UpstreamUnavailableError):
-                # A streamed body cannot be replayed by us; the caller can resend it.
-                raise UpstreamError(
-                    f"the upload to Chert broke off: {exc.message}", retryable=True
-                ) from exc
             raise
 
     async def send_message(
@@ -228,6 +247,11 @@ class ChertClient:
     async def _call_with_retries(
         self, operation: str, method: str, path: str, body: dict[str, Any] | None
     ) -> dict[str, Any]:
+        return await self._with_retries(
+            operation, lambda: self._call(operation, method, path, body)
+        )
+
+    async def _with_retries(self, operation: str, attempt_once: Callable[[], Awaitable[T]]) -> T:
         retrying = AsyncRetrying(
             retry=retry_if_exception(_is_transient),
             stop=stop_after_attempt(self._retry.attempts) | stop_before_delay(self._retry.deadline),
@@ -237,7 +261,7 @@ class ChertClient:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._call(operation, method, path, body)
+                return await attempt_once()
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def _call(

@@ -8,7 +8,6 @@ whether the caller may retry.
     ├── MethodNotAllowedError        405 method_not_allowed
     ├── ClientTimeoutError           408 client_timeout
     ├── IdempotencyInProgressError   409 idempotency_in_progress
-    ├── LengthRequiredError          411 length_required
     ├── PayloadTooLargeError         413 payload_too_large
     ├── UnsupportedMediaTypeError    415 unsupported_media_type
     ├── IdempotencyKeyReusedError    422 idempotency_key_reused
@@ -93,11 +92,6 @@ class IdempotencyInProgressError(GatewayError):
     code = "idempotency_in_progress"
     status = 409
     retryable = True
-
-
-class LengthRequiredError(GatewayError):
-    code = "length_required"
-    status = 411
 
 
 class PayloadTooLargeError(GatewayError):

@@ -5,16 +5,19 @@ answer."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from gateway import intake
+from gateway.errors import InvalidRequestError
 from gateway.idempotency import fingerprint
 from gateway.intake import CallerBody
-from gateway.pipeline import Timings
-from gateway.state import ADMISSION, IDEMPOTENCY, PIPELINE, SETTINGS
+from gateway.pipeline import HashedBody, Timings
+from gateway.state import ADMISSION, IDEMPOTENCY, PIPELINE, SETTINGS, SPOOL
 
 # The size of the pieces read from the caller and written to Chert: 256 KiB
 # measured fastest for a relay (64 KiB clearly slower, 1 MiB no faster).
@@ -35,14 +38,26 @@ def _replay(request: web.Request, answer: dict[str, Any]) -> web.Response:
     return response
 
 
-def _caller_body(request: web.Request, size: int) -> CallerBody:
+@asynccontextmanager
+async def _incoming_file(request: web.Request, size: int | None) -> AsyncIterator[HashedBody]:
+    """The caller's body: streamed through when its length is declared,
+    spooled to disk first when it is not (Chert needs the length)."""
     settings = request.app[SETTINGS]
-    return CallerBody(
+    await intake.send_continue(request)
+    if size is not None:
+        yield CallerBody(
+            request.content, size, chunk_size=CHUNK_BYTES, client_timeout=settings.client_timeout
+        )
+        return
+    async with request.app[SPOOL].receive(
         request.content,
-        size,
+        limit=settings.max_upload_bytes,
         chunk_size=CHUNK_BYTES,
         client_timeout=settings.client_timeout,
-    )
+    ) as spooled:
+        if spooled.size == 0:
+            raise InvalidRequestError("the body is empty; send the file's bytes")
+        yield spooled
 
 
 async def send_file(request: web.Request) -> web.Response:
@@ -59,12 +74,11 @@ async def send_file(request: web.Request) -> web.Response:
     with request.app[IDEMPOTENCY].claim(given_key, request_print) as claim:
         if claim.replay is not None:
             return _replay(request, claim.replay)
-        async with request.app[ADMISSION].slot():
-            await intake.send_continue(request)
+        async with request.app[ADMISSION].slot(), _incoming_file(request, size) as body:
             answer = await request.app[PIPELINE].send_file(
                 chat_id,
                 meta,
-                _caller_body(request, size),
+                body,
                 caption=caption,
                 idempotency_key=given_key or uuid.uuid4().hex,
             )
@@ -83,11 +97,8 @@ async def upload_only(request: web.Request) -> web.Response:
     with request.app[IDEMPOTENCY].claim(given_key, request_print) as claim:
         if claim.replay is not None:
             return _replay(request, claim.replay)
-        async with request.app[ADMISSION].slot():
-            await intake.send_continue(request)
-            uploaded = await request.app[PIPELINE].upload(
-                meta, _caller_body(request, size), Timings()
-            )
+        async with request.app[ADMISSION].slot(), _incoming_file(request, size) as body:
+            uploaded = await request.app[PIPELINE].upload(meta, body, Timings())
         answer = {**uploaded.to_json(), "expires_at": uploaded.expires_at}
         claim.complete(answer)
     request[OUTCOME_KEY] = "uploaded"

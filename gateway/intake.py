@@ -25,7 +25,6 @@ from gateway.errors import (
     ClientTimeoutError,
     GatewayError,
     InvalidRequestError,
-    LengthRequiredError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
@@ -114,10 +113,15 @@ def file_meta(request: web.Request) -> FileMeta:
     return FileMeta(filename or media.default_filename(content_type), content_type)
 
 
-def declared_size(request: web.Request, limit: int) -> int:
-    """The body's Content-Length, checked against the limit before it is read."""
+def declared_size(request: web.Request, limit: int) -> int | None:
+    """The body's Content-Length, checked against the limit before it is read.
+
+    None for a chunked body, whose length is known only once it has arrived.
+    """
     if request.content_length is None:
-        raise LengthRequiredError("send the file with a Content-Length")
+        if "chunked" in request.headers.get(hdrs.TRANSFER_ENCODING, "").lower():
+            return None
+        raise InvalidRequestError("the body is empty; send the file's bytes")
     if request.content_length > limit:
         raise PayloadTooLargeError(
             f"the body is {request.content_length} bytes; the limit is {limit}"
@@ -141,24 +145,67 @@ async def defer_continue(request: web.Request) -> None:
     """An expect_handler that leaves the decision to the handler (see send_continue)."""
 
 
-class CallerBody:
-    """The caller's body as it arrives: counted, capped at the declared size, hashed.
+class CallerReader:
+    """Reads the caller's body, mapping its silences and departures to errors.
 
-    It implements `chert.UploadBody`. A caller that goes quiet for longer than
-    `client_timeout` or leaves mid-body makes `chunks` raise; the reason is
-    kept in `failure`, because the HTTP client wraps what a body raises.
+    A caller quiet for longer than `client_timeout` is a ClientTimeoutError
+    (408); one whose connection drops is a ClientAbortedError. The error is
+    also kept in `failure`, because the HTTP client wraps what a body raises.
     """
+
+    def __init__(self, content: StreamReader, *, client_timeout: float) -> None:
+        self.received = 0
+        self.failure: GatewayError | None = None
+        self._content = content
+        self._client_timeout = client_timeout
+
+    async def read(self, n: int) -> bytes:
+        """Up to `n` bytes; b"" at the end of the body."""
+        try:
+            async with asyncio.timeout(self._client_timeout):
+                chunk: bytes = await self._content.read(n)
+        except TimeoutError:
+            raise self.fail(
+                ClientTimeoutError(
+                    f"no body bytes for {self._client_timeout:g} s after {self.received}; "
+                    "the upload was abandoned"
+                )
+            ) from None
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            raise self.fail(
+                ClientAbortedError(f"the caller left after sending {self.received} bytes")
+            ) from exc
+        self.received += len(chunk)
+        return chunk
+
+    def fail(self, error: GatewayError) -> GatewayError:
+        self.failure = error
+        return error
+
+
+class CallerBody:
+    """A body of declared length, streamed as it arrives: counted, capped, hashed.
+
+    It implements `chert.UploadBody`; it cannot be replayed.
+    """
+
+    replayable = False
 
     def __init__(
         self, content: StreamReader, size: int, *, chunk_size: int, client_timeout: float
     ) -> None:
         self.size = size
-        self.received = 0
-        self.failure: GatewayError | None = None
-        self._content = content
+        self._reader = CallerReader(content, client_timeout=client_timeout)
         self._chunk_size = chunk_size
-        self._client_timeout = client_timeout
         self._hasher = hashlib.sha256()
+
+    @property
+    def received(self) -> int:
+        return self._reader.received
+
+    @property
+    def failure(self) -> GatewayError | None:
+        return self._reader.failure
 
     @property
     def sha256(self) -> str:
@@ -171,30 +218,13 @@ class CallerBody:
         while self.received < self.size:
             # While we wait on the caller only the client timeout applies.
             deadline.reschedule(None)
-            chunk = await self._read(min(self._chunk_size, self.size - self.received))
-            self.received += len(chunk)
+            chunk = await self._reader.read(min(self._chunk_size, self.size - self.received))
+            if not chunk:
+                raise self._reader.fail(
+                    ClientAbortedError(
+                        f"the body ended after {self.received} of the {self.size} bytes declared"
+                    )
+                )
             self._hasher.update(chunk)
             deadline.reschedule(loop.time() + upstream_timeout)
             yield chunk
-
-    async def _read(self, n: int) -> bytes:
-        try:
-            async with asyncio.timeout(self._client_timeout):
-                chunk: bytes = await self._content.read(n)
-        except TimeoutError:
-            self.failure = ClientTimeoutError(
-                f"no body bytes for {self._client_timeout:g} s after {self.received} of "
-                f"{self.size}; the upload was abandoned"
-            )
-            raise self.failure from None
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            self.failure = ClientAbortedError(
-                f"the caller left after {self.received} of {self.size} bytes"
-            )
-            raise self.failure from exc
-        if not chunk:
-            self.failure = ClientAbortedError(
-                f"the body ended after {self.received} of the {self.size} bytes declared"
-            )
-            raise self.failure
-        return chunk

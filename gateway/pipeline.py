@@ -17,7 +17,8 @@ from gateway.metrics import Metrics
 
 
 class HashedBody(UploadBody, Protocol):
-    received: int
+    @property
+    def received(self) -> int: ...
 
     @property
     def sha256(self) -> str: ...

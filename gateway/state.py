@@ -10,6 +10,7 @@ from gateway.config import Settings
 from gateway.idempotency import IdempotencyStore
 from gateway.metrics import Metrics
 from gateway.pipeline import UploadPipeline
+from gateway.spool import Spool
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
@@ -17,3 +18,4 @@ ADMISSION = web.AppKey("admission", Admission)
 CHERT = web.AppKey("chert", ChertClient)
 PIPELINE = web.AppKey("pipeline", UploadPipeline)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
+SPOOL = web.AppKey("spool", Spool)

@@ -1,0 +1,124 @@
+"""A bounded disk spool for bodies whose length is unknown (chunked requests).
+
+Chert needs `Content-Length` on the PUT, so such a body is first written to
+a file as it arrives (aiofiles: the event loop never blocks on the disk),
+refused with 413 the moment it passes the upload limit and with 503 when
+the spool as a whole is full, then uploaded from the file with its now-known
+length. A spooled body can be replayed, so its PUT may be retried.
+
+Files are removed on every path (success, error, cancel). Files left by a
+process that died are swept at start-up; files of live processes sharing
+the directory are left alone (the pid is in the name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+
+import aiofiles
+from aiohttp import StreamReader
+
+from gateway.errors import GatewayError, OverloadedError, PayloadTooLargeError
+from gateway.intake import CallerReader
+
+log = logging.getLogger("chert_gateway.spool")
+
+FILE_PREFIX = "chert-gateway-spool-"
+# How many leading bytes are kept in memory for content sniffing.
+HEAD_BYTES = 64
+
+
+class SpooledBody:
+    """A complete body on disk. Implements `chert.UploadBody`, replayably."""
+
+    replayable = True
+    failure: GatewayError | None = None
+
+    def __init__(self, path: Path, size: int, sha256: str, head: bytes, chunk_size: int) -> None:
+        self.path = path
+        self.size = size
+        self.received = size
+        self.sha256 = sha256
+        self.head = head
+        self._chunk_size = chunk_size
+
+    async def chunks(
+        self, deadline: asyncio.Timeout, upstream_timeout: float
+    ) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        async with aiofiles.open(self.path, "rb") as source:
+            while chunk := await source.read(self._chunk_size):
+                deadline.reschedule(loop.time() + upstream_timeout)
+                yield chunk
+
+
+class Spool:
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.used = 0
+
+    def sweep(self) -> int:
+        """Remove files left by gateway processes that are no longer running."""
+        removed = 0
+        for path in self.directory.glob(FILE_PREFIX + "*"):
+            pid_text = path.name.removeprefix(FILE_PREFIX).split("-", 1)[0]
+            if pid_text.isdigit() and not _alive(int(pid_text)):
+                with suppress(OSError):
+                    path.unlink()
+                    removed += 1
+        if removed:
+            log.info("swept spool", extra={"fields": {"files": removed}})
+        return removed
+
+    @asynccontextmanager
+    async def receive(
+        self, source: StreamReader, *, limit: int, chunk_size: int, client_timeout: float
+    ) -> AsyncIterator[SpooledBody]:
+        """Spool the whole body; the file lives as long as the context."""
+        path = self.directory / f"{FILE_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
+        reader = CallerReader(source, client_timeout=client_timeout)
+        hasher = hashlib.sha256()
+        head = b""
+        reserved = 0
+        try:
+            async with aiofiles.open(path, "wb") as sink:
+                while chunk := await reader.read(chunk_size):
+                    if reader.received > limit:
+                        raise PayloadTooLargeError(
+                            f"the body passed the {limit}-byte limit; upload abandoned"
+                        )
+                    if self.used + len(chunk) > self.max_bytes:
+                        raise OverloadedError(
+                            "the gateway's spool for bodies without Content-Length is full; "
+                            "retry shortly, or send Content-Length",
+                            retry_after=1,
+                        )
+                    self.used += len(chunk)
+                    reserved += len(chunk)
+                    if len(head) < HEAD_BYTES:
+                        head += chunk[: HEAD_BYTES - len(head)]
+                    hasher.update(chunk)
+                    await sink.write(chunk)
+            yield SpooledBody(path, reader.received, hasher.hexdigest(), head, chunk_size)
+        finally:
+            self.used -= reserved
+            with suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
