@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import intake
+from gateway import intake, media
 from gateway.errors import InvalidRequestError
 from gateway.idempotency import fingerprint
 from gateway.intake import CallerBody
@@ -39,15 +39,20 @@ def _replay(request: web.Request, answer: dict[str, Any]) -> web.Response:
 
 
 @asynccontextmanager
-async def _incoming_file(request: web.Request, size: int | None) -> AsyncIterator[HashedBody]:
+async def _incoming_file(
+    request: web.Request, meta: intake.FileMeta, size: int | None
+) -> AsyncIterator[HashedBody]:
     """The caller's body: streamed through when its length is declared,
-    spooled to disk first when it is not (Chert needs the length)."""
+    spooled to disk first when it is not (Chert needs the length). Either
+    way its first bytes must fit its type before Chert hears of it."""
     settings = request.app[SETTINGS]
     await intake.send_continue(request)
     if size is not None:
-        yield CallerBody(
+        body = CallerBody(
             request.content, size, chunk_size=CHUNK_BYTES, client_timeout=settings.client_timeout
         )
+        intake.check_content(meta, await body.head(media.SNIFF_BYTES))
+        yield body
         return
     async with request.app[SPOOL].receive(
         request.content,
@@ -57,6 +62,7 @@ async def _incoming_file(request: web.Request, size: int | None) -> AsyncIterato
     ) as spooled:
         if spooled.size == 0:
             raise InvalidRequestError("the body is empty; send the file's bytes")
+        intake.check_content(meta, await spooled.head(media.SNIFF_BYTES))
         yield spooled
 
 
@@ -74,7 +80,7 @@ async def send_file(request: web.Request) -> web.Response:
     with request.app[IDEMPOTENCY].claim(given_key, request_print) as claim:
         if claim.replay is not None:
             return _replay(request, claim.replay)
-        async with request.app[ADMISSION].slot(), _incoming_file(request, size) as body:
+        async with request.app[ADMISSION].slot(), _incoming_file(request, meta, size) as body:
             answer = await request.app[PIPELINE].send_file(
                 chat_id,
                 meta,
@@ -97,7 +103,7 @@ async def upload_only(request: web.Request) -> web.Response:
     with request.app[IDEMPOTENCY].claim(given_key, request_print) as claim:
         if claim.replay is not None:
             return _replay(request, claim.replay)
-        async with request.app[ADMISSION].slot(), _incoming_file(request, size) as body:
+        async with request.app[ADMISSION].slot(), _incoming_file(request, meta, size) as body:
             uploaded = await request.app[PIPELINE].upload(meta, body, Timings())
         answer = {**uploaded.to_json(), "expires_at": uploaded.expires_at}
         claim.complete(answer)

@@ -131,6 +131,14 @@ def declared_size(request: web.Request, limit: int) -> int | None:
     return request.content_length
 
 
+def check_content(meta: FileMeta, head: bytes) -> None:
+    """415 when the file's first bytes contradict its declared type."""
+    if not media.content_matches(meta.content_type, head):
+        raise UnsupportedMediaTypeError(
+            f"the content does not look like {meta.content_type}; send the file's real type"
+        )
+
+
 async def send_continue(request: web.Request) -> None:
     """Answer `Expect: 100-continue` now that the pre-body checks have passed.
 
@@ -198,6 +206,7 @@ class CallerBody:
         self._reader = CallerReader(content, client_timeout=client_timeout)
         self._chunk_size = chunk_size
         self._hasher = hashlib.sha256()
+        self._pending = b""  # read ahead by head(), not yet handed on
 
     @property
     def received(self) -> int:
@@ -211,20 +220,35 @@ class CallerBody:
     def sha256(self) -> str:
         return self._hasher.hexdigest()
 
+    async def head(self, n: int) -> bytes:
+        """The body's first `n` bytes, read ahead; `chunks` hands them on first."""
+        wanted = min(n, self.size)
+        while len(self._pending) < wanted:
+            self._pending += await self._read(wanted - len(self._pending))
+        return self._pending[:n]
+
     async def chunks(
         self, deadline: asyncio.Timeout, upstream_timeout: float
     ) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
+        if self._pending:
+            chunk, self._pending = self._pending, b""
+            self._hasher.update(chunk)
+            yield chunk
         while self.received < self.size:
             # While we wait on the caller only the client timeout applies.
             deadline.reschedule(None)
-            chunk = await self._reader.read(min(self._chunk_size, self.size - self.received))
-            if not chunk:
-                raise self._reader.fail(
-                    ClientAbortedError(
-                        f"the body ended after {self.received} of the {self.size} bytes declared"
-                    )
-                )
+            chunk = await self._read(min(self._chunk_size, self.size - self.received))
             self._hasher.update(chunk)
             deadline.reschedule(loop.time() + upstream_timeout)
             yield chunk
+
+    async def _read(self, n: int) -> bytes:
+        chunk = await self._reader.read(n)
+        if not chunk:
+            raise self._reader.fail(
+                ClientAbortedError(
+                    f"the body ended after {self.received} of the {self.size} bytes declared"
+                )
+            )
+        return chunk

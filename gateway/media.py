@@ -7,6 +7,8 @@ the simulator both read it from here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 # Chert's supported upload types, each with its usual extensions (first = the
 # one used to name a file that came without a name).
 SUPPORTED_TYPES: dict[str, tuple[str, ...]] = {
@@ -71,3 +73,71 @@ def default_filename(content_type: str) -> str:
 
 def is_supported(content_type: str) -> bool:
     return content_type in SUPPORTED_TYPES
+
+
+# -- content sniffing -----------------------------------------------------------
+#
+# The first bytes of a file say what it is. A file whose bytes contradict the
+# type it was declared with is refused before Chert is called: Chert would
+# take it, and the recipient would get a broken bubble.
+
+SNIFF_BYTES = 64
+
+# ISO base media brands that mean HEIF/HEIC stills rather than video or audio.
+HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+)
+QUICKTIME_ATOMS = frozenset({b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
+
+
+def _ftyp_brand(head: bytes) -> bytes | None:
+    """The major brand of an ISO base media file (MP4, MOV, M4A, HEIF), if it is one."""
+    return head[8:12] if head[4:8] == b"ftyp" and len(head) >= 12 else None
+
+
+def _is_iso_media(head: bytes) -> bool:
+    brand = _ftyp_brand(head)
+    return brand is not None and brand not in HEIF_BRANDS
+
+
+def _is_heif(head: bytes) -> bool:
+    return _ftyp_brand(head) in HEIF_BRANDS
+
+
+def _is_mpeg_audio(head: bytes) -> bool:
+    if head.startswith(b"ID3"):
+        return True
+    # Frame sync (11 bits), and a layer that is not 00 (00 is AAC's ADTS).
+    return len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06 != 0
+
+
+def _is_aac(head: bytes) -> bool:
+    adts = len(head) >= 2 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0
+    return adts or head.startswith(b"ADIF")
+
+
+def _is_riff(head: bytes, kind: bytes) -> bool:
+    return head[:4] == b"RIFF" and head[8:12] == kind
+
+
+_SIGNATURES: dict[str, Callable[[bytes], bool]] = {
+    "image/jpeg": lambda h: h.startswith(b"\xff\xd8\xff"),
+    "image/png": lambda h: h.startswith(b"\x89PNG\r\n\x1a\n"),
+    "image/gif": lambda h: h.startswith((b"GIF87a", b"GIF89a")),
+    "image/webp": lambda h: _is_riff(h, b"WEBP"),
+    "image/heic": _is_heif,
+    "image/heif": _is_heif,
+    "video/mp4": _is_iso_media,
+    "video/quicktime": lambda h: _is_iso_media(h) or h[4:8] in QUICKTIME_ATOMS,
+    "audio/mpeg": _is_mpeg_audio,
+    "audio/m4a": _is_iso_media,
+    "audio/wav": lambda h: _is_riff(h, b"WAVE"),
+    "audio/aac": _is_aac,
+    # PDF readers accept junk before the header; so does this.
+    "application/pdf": lambda h: b"%PDF-" in h,
+}
+
+
+def content_matches(content_type: str, head: bytes) -> bool:
+    """Do the file's first bytes fit its declared (supported) type?"""
+    return bool(_SIGNATURES[content_type](head))

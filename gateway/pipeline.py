@@ -20,6 +20,9 @@ class HashedBody(UploadBody, Protocol):
     @property
     def received(self) -> int: ...
 
+    async def head(self, n: int) -> bytes:
+        """The first `n` bytes, without consuming them."""
+
     @property
     def sha256(self) -> str: ...
 

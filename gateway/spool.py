@@ -25,6 +25,7 @@ from pathlib import Path
 import aiofiles
 from aiohttp import StreamReader
 
+from gateway import media
 from gateway.errors import GatewayError, OverloadedError, PayloadTooLargeError
 from gateway.intake import CallerReader
 
@@ -32,7 +33,7 @@ log = logging.getLogger("chert_gateway.spool")
 
 FILE_PREFIX = "chert-gateway-spool-"
 # How many leading bytes are kept in memory for content sniffing.
-HEAD_BYTES = 64
+HEAD_BYTES = media.SNIFF_BYTES
 
 
 class SpooledBody:
@@ -46,8 +47,11 @@ class SpooledBody:
         self.size = size
         self.received = size
         self.sha256 = sha256
-        self.head = head
+        self._head = head
         self._chunk_size = chunk_size
+
+    async def head(self, n: int) -> bytes:
+        return self._head[:n]
 
     async def chunks(
         self, deadline: asyncio.Timeout, upstream_timeout: float

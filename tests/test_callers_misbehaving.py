@@ -17,6 +17,7 @@ from gateway.state import METRICS
 from tests.conftest import CHAT_ID, GatewayFactory
 
 PATH = f"/v1/chats/{CHAT_ID}/attachments"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 class RawCaller:
@@ -92,7 +93,7 @@ async def test_caller_that_sends_less_than_declared_causes_no_send(
 ) -> None:
     declared = 10 * 1024 * 1024
     _reader, writer = await RawCaller(gateway).open(declared)
-    writer.write(os.urandom(9 * 1024 * 1024))
+    writer.write(PNG_MAGIC + os.urandom(9 * 1024 * 1024))
     await writer.drain()
     writer.write_eof()  # "done" — 1 MB short
     await wait_for(lambda: any(r.status for r in simulator.state.requests_to("PUT")))
@@ -109,7 +110,7 @@ async def test_stalled_caller_gets_408_and_the_put_is_aborted(
 ) -> None:
     client = await make_gateway(GATEWAY_CLIENT_TIMEOUT="0.5")
     reader, writer = await RawCaller(client).open(1_000_000)
-    writer.write(os.urandom(100_000))
+    writer.write(PNG_MAGIC + os.urandom(100_000))
     await writer.drain()  # … and then nothing more
     status_line = await asyncio.wait_for(reader.readline(), 10)
     assert b" 408 " in status_line

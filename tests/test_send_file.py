@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.simulator import ChertSimulator
 from tests.conftest import CHAT_ID, SECRET, GatewayFactory
+from tests.samples import sample
 
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"
 
@@ -157,7 +158,7 @@ async def test_generic_or_aliased_types_are_resolved(
     gateway: TestClient[Any, Any], content_type: str | None, filename: str, expected: str
 ) -> None:
     status, answer, _ = await send(
-        gateway, os.urandom(64), content_type=content_type, params={"filename": filename}
+        gateway, sample(expected, 64), content_type=content_type, params={"filename": filename}
     )
     assert status == 201, answer
     assert answer["content_type"] == expected
@@ -374,3 +375,22 @@ async def test_slow_slot_creation_is_retried_then_504(
     assert (status, answer["error"]["code"]) == (504, "upstream_timeout")
     assert len(simulator.state.requests_to("POST", "/api/v1/attachments")) == 4
     assert simulator.state.requests_to("PUT") == []
+
+
+@pytest.mark.parametrize("chunked_body", [False, True])
+async def test_content_that_contradicts_its_type_is_415_before_chert(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator, chunked_body: bool
+) -> None:
+    pdf = sample("application/pdf", 5000)
+
+    async def pieces() -> Any:
+        yield pdf
+
+    response = await gateway.post(
+        f"/v1/chats/{CHAT_ID}/attachments",
+        data=pieces() if chunked_body else io.BytesIO(pdf),
+        headers={"Content-Type": "image/png"},
+    )
+    assert response.status == 415
+    assert (await response.json())["error"]["code"] == "unsupported_media_type"
+    assert simulator.state.requests == []

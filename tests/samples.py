@@ -1,0 +1,26 @@
+"""Files of each type Chert takes: real leading bytes, random rest."""
+
+from __future__ import annotations
+
+import os
+
+MAGIC: dict[str, bytes] = {
+    "image/jpeg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",
+    "image/png": b"\x89PNG\r\n\x1a\n",
+    "image/gif": b"GIF89a",
+    "image/webp": b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+    "image/heic": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00",
+    "image/heif": b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00",
+    "video/mp4": b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00",
+    "video/quicktime": b"\x00\x00\x00\x14ftypqt  \x20\x05\x03\x00",
+    "audio/mpeg": b"ID3\x04\x00\x00\x00\x00\x00\x00",
+    "audio/m4a": b"\x00\x00\x00\x20ftypM4A \x00\x00\x00\x00",
+    "audio/wav": b"RIFF\x00\x00\x00\x00WAVEfmt ",
+    "audio/aac": b"\xff\xf1\x50\x80\x00\x1f\xfc",
+    "application/pdf": b"%PDF-1.7\n",
+}
+
+
+def sample(content_type: str, size: int) -> bytes:
+    magic = MAGIC[content_type]
+    return magic + os.urandom(max(0, size - len(magic)))
