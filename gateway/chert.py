@@ -22,7 +22,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -197,6 +197,31 @@ class ChertClient:
     async def get_attachment(self, attachment_id: str) -> dict[str, Any]:
         path = f"/api/v1/attachments/{attachment_id}"
         return await self._call_with_retries("get_attachment", "GET", path, None)
+
+    @asynccontextmanager
+    async def open_content(self, attachment_id: str) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Chert's response for the file's bytes, headers read, body not yet.
+
+        Not retried: once bytes flow to the caller there is no starting over.
+        """
+        headers = {"Authorization": self._auth_header()}
+        if self._tenant:
+            headers["x-chert-tenant"] = self._tenant
+        # No total timeout: a large file takes as long as it takes; a stall
+        # between chunks is bounded by sock_read.
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._timeout, sock_read=self._timeout
+        )
+        with _map_transport_errors("download"):
+            async with self._session.get(
+                self._url(f"/api/v1/attachments/{attachment_id}/content"),
+                headers=headers,
+                allow_redirects=False,
+                timeout=timeout,
+            ) as response:
+                if response.status != 200:
+                    raise await _error_from_answer(response, "download")
+                yield response
 
     # -- the secret goes only to Chert ----------------------------------------
 

@@ -9,19 +9,29 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gateway import intake, media
 from gateway.errors import InvalidRequestError
 from gateway.idempotency import fingerprint
 from gateway.intake import CallerBody
 from gateway.pipeline import HashedBody, Timings
-from gateway.state import ADMISSION, IDEMPOTENCY, PIPELINE, SETTINGS, SPOOL
+from gateway.state import ADMISSION, CHERT, IDEMPOTENCY, PIPELINE, SETTINGS, SPOOL
 
 # The size of the pieces read from the caller and written to Chert: 256 KiB
 # measured fastest for a relay (64 KiB clearly slower, 1 MiB no faster).
 CHUNK_BYTES = 256 * 1024
+
+PASSED_DOWNLOAD_HEADERS = (
+    hdrs.CONTENT_TYPE,
+    hdrs.CONTENT_LENGTH,
+    hdrs.CONTENT_ENCODING,
+    hdrs.CONTENT_DISPOSITION,
+    hdrs.ETAG,
+    hdrs.LAST_MODIFIED,
+)
 
 OUTCOME_KEY = web.RequestKey("gateway_outcome", str)
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -111,6 +121,44 @@ async def upload_only(request: web.Request) -> web.Response:
     return json_response(answer, status=201)
 
 
+async def attachment_metadata(request: web.Request) -> web.Response:
+    """GET /v1/attachments/{attachment_id}: Chert's metadata."""
+    answer = await request.app[CHERT].get_attachment(intake.attachment_id(request))
+    return json_response(answer)
+
+
+async def attachment_content(request: web.Request) -> web.StreamResponse:
+    """GET /v1/attachments/{attachment_id}/content: the bytes, streamed through.
+
+    Chert's Content-Type and Content-Length are passed on; every write is
+    awaited, so a slow caller slows the read from Chert instead of filling
+    memory. A break mid-stream cuts the connection: with Content-Length set,
+    the caller sees a short body, never a silently truncated file.
+    """
+    attachment_id = intake.attachment_id(request)
+    async with request.app[CHERT].open_content(attachment_id) as upstream:
+        response = web.StreamResponse(status=200)
+        for name in PASSED_DOWNLOAD_HEADERS:
+            if name in upstream.headers:
+                response.headers[name] = upstream.headers[name]
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_chunked(CHUNK_BYTES):
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError):
+            # The headers are gone; a cut connection is the only honest signal.
+            request[OUTCOME_KEY] = "upstream_error"
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        except ConnectionResetError:
+            request[OUTCOME_KEY] = "client_aborted"
+            return response
+        await response.write_eof()
+    request[OUTCOME_KEY] = "downloaded"
+    return response
+
+
 def add_routes(app: web.Application) -> None:
     for method in ("POST", "PUT"):
         app.router.add_route(
@@ -120,3 +168,5 @@ def add_routes(app: web.Application) -> None:
             expect_handler=intake.defer_continue,
         )
     app.router.add_post("/v1/attachments", upload_only, expect_handler=intake.defer_continue)
+    app.router.add_get("/v1/attachments/{attachment_id}", attachment_metadata)
+    app.router.add_get("/v1/attachments/{attachment_id}/content", attachment_content)

@@ -29,8 +29,8 @@ from gateway.errors import (
     UnsupportedMediaTypeError,
 )
 
-# Chert's ids are UUIDs or hex; allow any plain token, refuse anything that
-# could change the path it is put into.
+# Chert's ids are UUIDs, hex or prefixed hex (in_536f…); allow any plain
+# token, refuse anything that could change the path it is put into.
 CHAT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 MAX_FILENAME_BYTES = 255
@@ -49,6 +49,13 @@ def chat_id(request: web.Request) -> str:
         raise InvalidRequestError(
             "chat_id must be 1-128 letters, digits, '-' or '_' (the chat.id Chert returned)"
         )
+    return value
+
+
+def attachment_id(request: web.Request) -> str:
+    value = request.match_info["attachment_id"]
+    if not CHAT_ID_RE.match(value):
+        raise InvalidRequestError("attachment_id must be 1-128 letters, digits, '-' or '_'")
     return value
 
 
