@@ -4,6 +4,7 @@ answer."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,9 +15,11 @@ import orjson
 from aiohttp import hdrs, web
 
 from gateway import intake, media
-from gateway.errors import InvalidRequestError
+from gateway.errors import InvalidRequestError, UnsupportedMediaTypeError
+from gateway.form import FormLimits, read_form
 from gateway.idempotency import fingerprint
 from gateway.intake import CallerBody
+from gateway.message_shape import ShapeError, check_send_body
 from gateway.pipeline import HashedBody, Timings
 from gateway.state import ADMISSION, CHERT, IDEMPOTENCY, PIPELINE, SETTINGS, SPOOL
 
@@ -64,15 +67,13 @@ async def _incoming_file(
         intake.check_content(meta, await body.head(media.SNIFF_BYTES))
         yield body
         return
-    async with request.app[SPOOL].receive(
-        request.content,
+    async with request.app[SPOOL].receive_file(
+        request.content.read,
+        meta,
         limit=settings.max_upload_bytes,
         chunk_size=CHUNK_BYTES,
         client_timeout=settings.client_timeout,
     ) as spooled:
-        if spooled.size == 0:
-            raise InvalidRequestError("the body is empty; send the file's bytes")
-        intake.check_content(meta, await spooled.head(media.SNIFF_BYTES))
         yield spooled
 
 
@@ -118,6 +119,83 @@ async def upload_only(request: web.Request) -> web.Response:
         answer = {**uploaded.to_json(), "expires_at": uploaded.expires_at}
         claim.complete(answer)
     request[OUTCOME_KEY] = "uploaded"
+    return json_response(answer, status=201)
+
+
+async def send_message(request: web.Request) -> web.Response:
+    """POST /v1/chats/{chat_id}/messages: Chert's JSON, or a form with files."""
+    chat_id = intake.chat_id(request)
+    given_key = intake.idempotency_key(request)
+    if request.content_type == "application/json":
+        return await _send_json(request, chat_id, given_key)
+    if request.content_type == "multipart/form-data":
+        return await _send_form(request, chat_id, given_key)
+    raise UnsupportedMediaTypeError(
+        "send application/json (Chert's message shape) or multipart/form-data (files)"
+    )
+
+
+async def _send_json(request: web.Request, chat_id: str, given_key: str | None) -> web.Response:
+    started = time.perf_counter()
+    # read() is capped by the app's client_max_size; over it aiohttp says 413.
+    try:
+        shape = check_send_body(orjson.loads(await request.read()))
+    except orjson.JSONDecodeError:
+        raise InvalidRequestError("the body is not valid JSON") from None
+    except ShapeError as exc:
+        raise InvalidRequestError(str(exc)) from None
+    if given_key and shape.idempotency_key and given_key != shape.idempotency_key:
+        raise InvalidRequestError("Idempotency-Key and message.idempotency_key differ")
+    key = given_key or shape.idempotency_key
+    request_print = fingerprint("send_json", chat_id, shape.parts, shape.parallel_attachments)
+    with request.app[IDEMPOTENCY].claim(key, request_print) as claim:
+        if claim.replay is not None:
+            return _replay(request, claim.replay)
+        timings = Timings()
+        message = await request.app[PIPELINE].send(
+            chat_id, shape.parts, key or uuid.uuid4().hex, timings, shape.parallel_attachments
+        )
+        timings.total_s = time.perf_counter() - started
+        answer = {"message": message, "timings": timings.to_json()}
+        claim.complete(answer)
+    request[OUTCOME_KEY] = "sent"
+    return json_response(answer, status=201)
+
+
+async def _send_form(request: web.Request, chat_id: str, given_key: str | None) -> web.Response:
+    started = time.perf_counter()
+    settings = request.app[SETTINGS]
+    # A form's files are known only as they arrive: the key covers route and chat.
+    with request.app[IDEMPOTENCY].claim(given_key, fingerprint("send_form", chat_id)) as claim:
+        if claim.replay is not None:
+            return _replay(request, claim.replay)
+        async with request.app[ADMISSION].slot():
+            await intake.send_continue(request)
+            form = await read_form(
+                await request.multipart(),
+                spool=request.app[SPOOL],
+                pipeline=request.app[PIPELINE],
+                limits=FormLimits(settings.max_upload_bytes, CHUNK_BYTES, settings.client_timeout),
+            )
+            timings = Timings()
+            message = await request.app[PIPELINE].send(
+                chat_id,
+                form.parts,
+                given_key or uuid.uuid4().hex,
+                timings,
+                form.parallel_attachments,
+            )
+        timings.total_s = time.perf_counter() - started
+        answer = {
+            "message": message,
+            "attachments": [
+                {**upload.to_json(), "timings": file_timings.to_json()}
+                for upload, file_timings in zip(form.uploads, form.file_timings, strict=True)
+            ],
+            "timings": timings.to_json(),
+        }
+        claim.complete(answer)
+    request[OUTCOME_KEY] = "sent"
     return json_response(answer, status=201)
 
 
@@ -168,5 +246,8 @@ def add_routes(app: web.Application) -> None:
             expect_handler=intake.defer_continue,
         )
     app.router.add_post("/v1/attachments", upload_only, expect_handler=intake.defer_continue)
+    app.router.add_post(
+        "/v1/chats/{chat_id}/messages", send_message, expect_handler=intake.defer_continue
+    )
     app.router.add_get("/v1/attachments/{attachment_id}", attachment_metadata)
     app.router.add_get("/v1/attachments/{attachment_id}/content", attachment_content)

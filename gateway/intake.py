@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import re
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import StreamReader, hdrs, web
@@ -34,6 +34,10 @@ from gateway.errors import (
 CHAT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 MAX_FILENAME_BYTES = 255
+
+# Where the caller's bytes come from: the request body's read, or a
+# multipart part's read_chunk. Both give b"" at the end.
+ReadFn = Callable[[int], Awaitable[bytes]]
 MAX_CAPTION_CHARS = 10_000
 
 
@@ -101,10 +105,14 @@ def _given_filename(request: web.Request) -> str | None:
 
 
 def file_meta(request: web.Request) -> FileMeta:
-    """Name and MIME type from the headers; 415 when Chert would not take it."""
-    given = _given_filename(request)
-    filename = clean_filename(given) if given is not None else None
-    content_type = media.normalize(request.headers.get(hdrs.CONTENT_TYPE, ""))
+    """Name and MIME type from the request's headers; 415 when Chert would not take it."""
+    return resolve_file_meta(_given_filename(request), request.headers.get(hdrs.CONTENT_TYPE, ""))
+
+
+def resolve_file_meta(given_filename: str | None, declared_type: str) -> FileMeta:
+    """A clean name and Chert's spelling of the type, guessed from the name if generic."""
+    filename = clean_filename(given_filename) if given_filename is not None else None
+    content_type = media.normalize(declared_type)
     if content_type in media.GENERIC_TYPES:
         guessed = media.guess_from_filename(filename) if filename else None
         if guessed is None:
@@ -168,17 +176,17 @@ class CallerReader:
     also kept in `failure`, because the HTTP client wraps what a body raises.
     """
 
-    def __init__(self, content: StreamReader, *, client_timeout: float) -> None:
+    def __init__(self, read: ReadFn, *, client_timeout: float) -> None:
         self.received = 0
         self.failure: GatewayError | None = None
-        self._content = content
+        self._read = read
         self._client_timeout = client_timeout
 
     async def read(self, n: int) -> bytes:
         """Up to `n` bytes; b"" at the end of the body."""
         try:
             async with asyncio.timeout(self._client_timeout):
-                chunk: bytes = await self._content.read(n)
+                chunk = await self._read(n)
         except TimeoutError:
             raise self.fail(
                 ClientTimeoutError(
@@ -210,7 +218,7 @@ class CallerBody:
         self, content: StreamReader, size: int, *, chunk_size: int, client_timeout: float
     ) -> None:
         self.size = size
-        self._reader = CallerReader(content, client_timeout=client_timeout)
+        self._reader = CallerReader(content.read, client_timeout=client_timeout)
         self._chunk_size = chunk_size
         self._hasher = hashlib.sha256()
         self._pending = b""  # read ahead by head(), not yet handed on

@@ -23,11 +23,15 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import aiofiles
-from aiohttp import StreamReader
 
 from gateway import media
-from gateway.errors import GatewayError, OverloadedError, PayloadTooLargeError
-from gateway.intake import CallerReader
+from gateway.errors import (
+    GatewayError,
+    InvalidRequestError,
+    OverloadedError,
+    PayloadTooLargeError,
+)
+from gateway.intake import CallerReader, FileMeta, ReadFn, check_content
 
 log = logging.getLogger("chert_gateway.spool")
 
@@ -84,11 +88,11 @@ class Spool:
 
     @asynccontextmanager
     async def receive(
-        self, source: StreamReader, *, limit: int, chunk_size: int, client_timeout: float
+        self, read: ReadFn, *, limit: int, chunk_size: int, client_timeout: float
     ) -> AsyncIterator[SpooledBody]:
         """Spool the whole body; the file lives as long as the context."""
         path = self.directory / f"{FILE_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
-        reader = CallerReader(source, client_timeout=client_timeout)
+        reader = CallerReader(read, client_timeout=client_timeout)
         hasher = hashlib.sha256()
         head = b""
         reserved = 0
@@ -116,6 +120,25 @@ class Spool:
             self.used -= reserved
             with suppress(FileNotFoundError):
                 path.unlink()
+
+    @asynccontextmanager
+    async def receive_file(
+        self,
+        read: ReadFn,
+        meta: FileMeta,
+        *,
+        limit: int,
+        chunk_size: int,
+        client_timeout: float,
+    ) -> AsyncIterator[SpooledBody]:
+        """`receive`, then refuse an empty file or one whose bytes contradict its type."""
+        async with self.receive(
+            read, limit=limit, chunk_size=chunk_size, client_timeout=client_timeout
+        ) as spooled:
+            if spooled.size == 0:
+                raise InvalidRequestError(f"{meta.filename} is empty; send the file's bytes")
+            check_content(meta, await spooled.head(media.SNIFF_BYTES))
+            yield spooled
 
 
 def _alive(pid: int) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import re
 import shutil
 import tempfile
 import time
@@ -31,6 +30,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway import media
+from gateway.message_shape import SendBody, ShapeError, check_send_body
 from gateway.simulator.state import Attachment, Faults, RecordedRequest, SimulatorState
 
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
@@ -57,8 +57,6 @@ NOT_FOUND = 1004
 # expected to put its own secret there.
 SECRET_PLACEHOLDER = "Bearer <your-signing-secret>"
 
-PART_TYPES = ("text", "media", "rich_link")
-RICH_LINK_OPTIONAL = ("title", "summary", "image_url", "icon_url")
 
 STATE_KEY = web.AppKey("state", SimulatorState)
 RECORD_KEY = web.RequestKey("chert_simulator_record", RecordedRequest)
@@ -355,22 +353,15 @@ class ChertSimulator:
         faults = self.faults
         if faults.send_delay_seconds:
             await asyncio.sleep(faults.send_delay_seconds)
-        message = body.get("message")
-        if message is None:
-            if "parts" in body:
-                raise ChertError(
-                    400, INVALID, "the body is wrapped in message; top-level parts are rejected"
-                )
-            raise ChertError(400, MISSING_FIELD, "missing required field: message")
-        if not isinstance(message, dict):
-            raise ChertError(400, INVALID, "message must be an object")
-        key = message.get("idempotency_key")
-        if key is not None and not isinstance(key, str):
-            raise ChertError(400, INVALID, "message.idempotency_key must be a string")
+        try:
+            shape = check_send_body(body)
+        except ShapeError as exc:
+            raise ChertError(400, MISSING_FIELD if exc.missing else INVALID, str(exc)) from None
+        key = shape.idempotency_key
         if key and key in self.state.messages_by_key:
             return _json({"message": self.state.messages_by_key[key]})
-        parts = self._validate_parts(message.get("parts"))
-        self._validate_parallel(body.get("parallel_attachments"), parts)
+        parts = shape.parts
+        self._check_media(shape)
         if faults.fail_sends > 0:
             faults.fail_sends -= 1
             code = faults.fail_send_code
@@ -389,68 +380,22 @@ class ChertSimulator:
             "service": "imessage",
         }
         self.state.messages.append(sent)
+        self.state.send_bodies.append(body)
         if key:
             self.state.messages_by_key[key] = sent
         return _json({"message": sent})
 
-    def _validate_parts(self, parts: Any) -> list[dict[str, Any]]:
-        if parts is None:
-            raise ChertError(400, MISSING_FIELD, "missing required field: message.parts")
-        if not isinstance(parts, list) or not parts:
-            raise ChertError(400, INVALID, "message.parts must be a non-empty array")
-        for index, part in enumerate(parts):
-            where = f"message.parts[{index}]"
-            if not isinstance(part, dict):
-                raise ChertError(400, INVALID, f"{where} must be an object")
-            kind = part.get("type")
-            if kind is None:
-                raise ChertError(400, MISSING_FIELD, f"missing required field: {where}.type")
-            if kind not in PART_TYPES:
-                raise ChertError(
-                    400, INVALID, f"{where}.type must be one of {', '.join(PART_TYPES)}"
-                )
-            if kind == "text":
-                self._require_string(part, "value", where)
-            elif kind == "media":
-                attachment_id = self._require_string(part, "attachment_id", where)
-                attachment = self.state.attachments.get(attachment_id)
-                if attachment is None or attachment.uploaded_at is None:
-                    raise ChertError(
-                        400, INVALID, f"{where}: attachment {attachment_id} is not fully uploaded"
-                    )
-            else:
-                url = self._require_string(part, "url", where)
-                if not re.match(r"^https?://[^\s/]+", url):
-                    raise ChertError(400, INVALID, f"{where}.url must be an http(s) URL")
-                for name in RICH_LINK_OPTIONAL:
-                    if name in part and not isinstance(part[name], str):
-                        raise ChertError(400, INVALID, f"{where}.{name} must be a string")
-        return parts
-
-    @staticmethod
-    def _require_string(part: dict[str, Any], name: str, where: str) -> str:
-        value = part.get(name)
-        if value is None or value == "":
-            raise ChertError(400, MISSING_FIELD, f"missing required field: {where}.{name}")
-        if not isinstance(value, str):
-            raise ChertError(400, INVALID, f"{where}.{name} must be a string")
-        return value
-
-    def _validate_parallel(self, flag: Any, parts: list[dict[str, Any]]) -> None:
-        if flag is None or flag is False:
-            return
-        if flag is not True:
-            raise ChertError(400, INVALID, "parallel_attachments must be a boolean")
-        media_parts = [p for p in parts if p["type"] == "media"]
-        if len(media_parts) < 2:
-            raise ChertError(400, INVALID, "parallel_attachments needs 2 or more media parts")
-        for part in media_parts:
-            attachment = self.state.attachments[part["attachment_id"]]
-            if attachment.content_type not in media.IMAGE_TYPES:
+    def _check_media(self, shape: SendBody) -> None:
+        """What only Chert knows: is each attachment uploaded, is it an image?"""
+        for attachment_id in shape.media_ids:
+            attachment = self.state.attachments.get(attachment_id)
+            if attachment is None or attachment.uploaded_at is None:
+                raise ChertError(400, INVALID, f"attachment {attachment_id} is not fully uploaded")
+            if shape.parallel_attachments and attachment.content_type not in media.IMAGE_TYPES:
                 raise ChertError(
                     400,
                     INVALID,
-                    f"parallel_attachments takes images only; {attachment.attachment_id} "
+                    f"parallel_attachments takes images only; {attachment_id} "
                     f"is {attachment.content_type}",
                 )
 

@@ -86,6 +86,8 @@ class SimulatorState:
     # idempotency_key → the message answered the first time
     messages_by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
     messages: list[dict[str, Any]] = field(default_factory=list)
+    # The JSON bodies of the sends that were accepted, as they came.
+    send_bodies: list[dict[str, Any]] = field(default_factory=list)
     requests: list[RecordedRequest] = field(default_factory=list)
     faults: Faults = field(default_factory=Faults)
 
