@@ -394,3 +394,57 @@ async def test_content_that_contradicts_its_type_is_415_before_chert(
     assert response.status == 415
     assert (await response.json())["error"]["code"] == "unsupported_media_type"
     assert simulator.state.requests == []
+
+
+@pytest.mark.parametrize(
+    "make_origin",
+    [
+        lambda foreign, own: foreign,  # another port
+        lambda foreign, own: own.replace("http://", "http://user:pw@"),  # userinfo
+        lambda foreign, own: own.replace("http://", "https://"),  # another scheme
+        lambda foreign, own: own.replace("127.0.0.1", "localhost"),  # another host
+    ],
+)
+async def test_upload_url_off_chert_origin_is_refused(
+    gateway: TestClient[Any, Any],
+    simulator: ChertSimulator,
+    chert_server: Any,
+    aiohttp_server: Any,
+    make_origin: Any,
+) -> None:
+    foreign = ChertSimulator("other-secret")
+    foreign_url = str((await aiohttp_server(foreign.app())).make_url("")).rstrip("/")
+    own_url = str(chert_server.make_url("")).rstrip("/")
+    simulator.faults.update({"upload_origin": make_origin(foreign_url, own_url)})
+    status, answer, _ = await send(gateway, png_bytes(500))
+    assert (status, answer["error"]["code"]) == (502, "upstream_error")
+    assert foreign.state.requests == []
+    assert simulator.state.requests_to("PUT") == []
+    assert simulator.state.messages == []
+
+
+async def test_a_redirect_from_chert_is_refused_without_following_it(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator, aiohttp_server: Any
+) -> None:
+    foreign = ChertSimulator("other-secret")
+    foreign_server = await aiohttp_server(foreign.app())
+    simulator.faults.update(
+        {"redirect_creates_to": str(foreign_server.make_url("/api/v1/attachments"))}
+    )
+    status, answer, _ = await send(gateway, png_bytes(500))
+    assert status == 502
+    assert "redirect" in answer["error"]["message"]
+    assert foreign.state.requests == []
+
+
+async def test_429_is_retried_and_retry_after_is_honoured(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator
+) -> None:
+    simulator.faults.update(
+        {"fail_sends": 1, "fail_send_code": 0, "fail_send_status": 429, "retry_after_seconds": 1}
+    )
+    status, answer, _ = await send(gateway, png_bytes(500))
+    assert status == 201
+    assert len(simulator.state.requests_to("POST", "/messages")) == 2
+    # The retry waited for Retry-After (1 s), not just the sub-second backoff.
+    assert answer["timings"]["send_s"] >= 1.0

@@ -8,6 +8,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import BaseTestServer
@@ -91,3 +92,30 @@ async def test_100_mb_streams_with_content_length_in_bounded_memory(
     stored = simulator.state.attachments[str(answer["attachment_id"])]
     assert stored.sha256 == expected_sha
     assert len(simulator.state.messages) == 2
+
+
+@pytest.mark.slow
+async def test_an_upstream_that_stops_reading_for_10_s_does_not_grow_memory(
+    chert_server: BaseTestServer, simulator: ChertSimulator, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.png"
+    expected_sha = make_file(big, SIZE)
+    small = tmp_path / "small.png"
+    make_file(small, 300_000)
+    env = gateway_env(str(chert_server.make_url("")), CHERT_TIMEOUT="30")
+    async with GatewayProcess(env) as gateway:
+        url = f"{gateway.api}/v1/chats/{CHAT_ID}/attachments"
+        assert (await curl_upload(url, small))[0] == 201
+        baseline = gateway.peak_rss_bytes()
+        simulator.faults.update({"stall_put_seconds": 10.0, "stall_put_after_bytes": 10 * MIB})
+        status, answer = await curl_upload(url, big)
+        growth = gateway.peak_rss_bytes() - baseline
+        async with aiohttp.ClientSession() as http, http.get(f"{gateway.ops}/metrics") as r:
+            metrics_text = await r.text()
+    assert status == 201, answer
+    assert answer["sha256"] == expected_sha
+    assert answer["timings"]["upload_s"] >= 10  # type: ignore[operator]
+    print(f"\npeak RSS growth with a 10 s upstream stall: {growth / MIB:.1f} MiB")
+    assert growth < MAX_GROWTH
+    assert SECRET not in metrics_text
+    assert SECRET not in gateway.output

@@ -192,6 +192,8 @@ class ChertSimulator:
         faults = self.faults
         if faults.create_delay_seconds:
             await asyncio.sleep(faults.create_delay_seconds)
+        if faults.redirect_creates_to:
+            return web.Response(status=307, headers={"Location": faults.redirect_creates_to})
         if faults.fail_creates > 0:
             faults.fail_creates -= 1
             return web.Response(
@@ -366,7 +368,8 @@ class ChertSimulator:
             faults.fail_sends -= 1
             code = faults.fail_send_code
             status, text = DOCUMENTED_ERRORS.get(code, (500, "simulated failure"))
-            retry_after = faults.retry_after_seconds if status == 503 else None
+            status = faults.fail_send_status or status
+            retry_after = faults.retry_after_seconds if status in (429, 503) else None
             raise ChertError(status, code, text, retry_after=retry_after)
         sent = {
             "id": uuid.uuid4().hex,

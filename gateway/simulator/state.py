@@ -53,6 +53,8 @@ class Faults:
     # 3002 → 503 with Retry-After, 4001 → 502, 1002/1003 → 400.
     fail_sends: int = 0
     fail_send_code: int = 3002
+    # Answer the failed sends with this HTTP status instead (429, say).
+    fail_send_status: int | None = None
     retry_after_seconds: int = 0
     # The next N slot creations get a bare 503 (a load balancer's answer, no JSON).
     fail_creates: int = 0
@@ -64,6 +66,8 @@ class Faults:
     # One-shot: the next PUT stops reading for this long after this many bytes.
     stall_put_seconds: float = 0.0
     stall_put_after_bytes: int = 0
+    # Answer slot creations with a 307 to this URL.
+    redirect_creates_to: str | None = None
     # Hand out upload_urls on this origin instead of the simulator's own.
     upload_origin: str | None = None
     # Slot lifetime; Chert's is 15 minutes.
