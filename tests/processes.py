@@ -116,3 +116,21 @@ def _status_kib(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+async def curl(*args: str, cwd: Path | None = None) -> tuple[int, str]:
+    """Run curl (a real client) and return (HTTP status, body text)."""
+    from tests.conftest import require_tool
+
+    proc = await asyncio.create_subprocess_exec(
+        require_tool("curl"),
+        "-sS",
+        "-w",
+        "\n%{http_code}",
+        *args,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    body, _, code = out.decode().rpartition("\n")
+    return int(code), body

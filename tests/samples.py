@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
+
+MIB = 1024 * 1024
 
 MAGIC: dict[str, bytes] = {
     "image/jpeg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",
@@ -24,3 +28,18 @@ MAGIC: dict[str, bytes] = {
 def sample(content_type: str, size: int) -> bytes:
     magic = MAGIC[content_type]
     return magic + os.urandom(max(0, size - len(magic)))
+
+
+def make_file(path: Path, size: int) -> str:
+    """Random bytes (a PNG header first), written in pieces; returns the SHA-256."""
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        piece = b"\x89PNG\r\n\x1a\n" + os.urandom(MIB - 8)
+        written = 0
+        while written < size:
+            chunk = piece[: size - written]
+            out.write(chunk)
+            digest.update(chunk)
+            written += len(chunk)
+            piece = os.urandom(MIB)
+    return digest.hexdigest()

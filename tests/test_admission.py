@@ -9,8 +9,8 @@ from typing import Any
 from gateway.simulator import ChertSimulator
 from gateway.state import ADMISSION
 from tests.conftest import CHAT_ID, GatewayFactory
-from tests.test_callers_misbehaving import RawCaller, read_status, wait_for
-from tests.test_send_file import png_bytes, send
+from tests.gateway_calls import png_bytes, send
+from tests.raw_http import RawCaller, read_status, wait_for
 
 
 async def test_client_tokens_are_required_when_configured(

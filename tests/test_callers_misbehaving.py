@@ -14,51 +14,10 @@ from aiohttp.test_utils import TestClient
 
 from gateway.simulator import ChertSimulator
 from gateway.state import METRICS
-from tests.conftest import CHAT_ID, GatewayFactory
+from tests.conftest import GatewayFactory
+from tests.raw_http import PATH, RawCaller, read_status, wait_for
 
-PATH = f"/v1/chats/{CHAT_ID}/attachments"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-class RawCaller:
-    """One HTTP/1.1 request written by hand."""
-
-    def __init__(self, client: TestClient[Any, Any]) -> None:
-        assert client.server.host
-        assert client.server.port
-        self.host, self.port = client.server.host, client.server.port
-
-    async def open(
-        self,
-        declared: int,
-        *,
-        expect: bool = False,
-        content_type: str = "image/png",
-        headers: dict[str, str] | None = None,
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        reader, writer = await asyncio.open_connection(self.host, self.port)
-        head = (
-            f"POST {PATH} HTTP/1.1\r\nHost: {self.host}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {declared}\r\n"
-        )
-        if expect:
-            head += "Expect: 100-continue\r\n"
-        for name, value in (headers or {}).items():
-            head += f"{name}: {value}\r\n"
-        writer.write((head + "\r\n").encode())
-        await writer.drain()
-        return reader, writer
-
-
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-
-async def read_status(reader: asyncio.StreamReader) -> int:
-    line = await asyncio.wait_for(reader.readline(), 10)
-    return int(line.split()[1])
 
 
 async def test_caller_that_disconnects_mid_body_aborts_the_put_and_sends_nothing(

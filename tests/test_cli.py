@@ -60,11 +60,9 @@ async def test_the_simulate_banner_prints_a_curl_line_that_works() -> None:
     async with GatewayProcess({}, "--simulate") as gateway:
         await asyncio.sleep(0.1)  # the banner follows the "listening" line
         (line,) = [line for line in gateway.lines if line.strip().startswith("curl ")]
+        # Exactly as printed, through a shell, as a person would paste it.
         proc = await asyncio.create_subprocess_exec(
-            "bash",
-            "-c",
-            line.strip() + " -w '\\n%{http_code}'",
-            stdout=asyncio.subprocess.PIPE,
+            "bash", "-c", line.strip() + " -w '\\n%{http_code}'", stdout=asyncio.subprocess.PIPE
         )
         out, _ = await proc.communicate()
         exit_code = await gateway.stop()

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.simulator import ChertSimulator
 from tests.conftest import GatewayFactory
-from tests.test_send_file import png_bytes, send
+from tests.gateway_calls import png_bytes, send
 
 
 async def upload(client: TestClient[Any, Any], body: bytes) -> str:

@@ -13,8 +13,8 @@ from gateway.errors import IdempotencyInProgressError, IdempotencyKeyReusedError
 from gateway.idempotency import IdempotencyStore
 from gateway.simulator import ChertSimulator
 from tests.conftest import CHAT_ID
-from tests.test_callers_misbehaving import RawCaller, wait_for
-from tests.test_send_file import png_bytes, send
+from tests.gateway_calls import png_bytes, send
+from tests.raw_http import RawCaller, wait_for
 
 
 async def test_a_repeat_returns_the_first_answer_without_uploading_again(

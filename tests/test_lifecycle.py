@@ -11,23 +11,9 @@ import aiohttp
 from aiohttp.test_utils import BaseTestServer
 
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID, SECRET, gateway_env, require_tool
-from tests.processes import GatewayProcess
-from tests.test_streaming_memory import make_file
-
-
-async def curl(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        require_tool("curl"),
-        "-sS",
-        "-w",
-        "\n%{http_code}",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await proc.communicate()
-    body, _, code = out.decode().rpartition("\n")
-    return int(code), body
+from tests.conftest import CHAT_ID, SECRET, gateway_env
+from tests.processes import GatewayProcess, curl
+from tests.samples import make_file
 
 
 async def test_sigterm_drains_in_flight_uploads_then_exits_0(

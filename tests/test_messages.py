@@ -14,9 +14,10 @@ import requests
 from aiohttp.test_utils import TestClient
 
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID, require_tool
+from tests.conftest import CHAT_ID
+from tests.processes import curl
+from tests.raw_http import wait_for
 from tests.samples import sample
-from tests.test_callers_misbehaving import wait_for
 
 PATH = f"/v1/chats/{CHAT_ID}/messages"
 
@@ -38,9 +39,7 @@ async def test_curl_form_with_a_caption_and_three_images_is_one_grouped_send(
         ("three.gif", "image/gif"),
     ):
         (tmp_path / name).write_bytes(sample(kind, 200_000))
-    proc = await asyncio.create_subprocess_exec(
-        require_tool("curl"),
-        "-sS",
+    status, out = await curl(
         "-F",
         "text=Our trip",
         "-F",
@@ -51,9 +50,8 @@ async def test_curl_form_with_a_caption_and_three_images_is_one_grouped_send(
         "photo=@three.gif",
         str(gateway.make_url(PATH)),
         cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
     )
-    out, _ = await proc.communicate()
+    assert status == 201, out
     answer = orjson.loads(out)
 
     assert [a["filename"] for a in answer["attachments"]] == ["one.png", "two.jpg", "three.gif"]

@@ -13,37 +13,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway.simulator import ChertSimulator
 from tests.conftest import CHAT_ID, SECRET, GatewayFactory
+from tests.gateway_calls import png_bytes, send
 from tests.samples import sample
-
-PNG_HEADER = b"\x89PNG\r\n\x1a\n"
-
-
-def png_bytes(size: int) -> bytes:
-    return PNG_HEADER + os.urandom(size - len(PNG_HEADER))
-
-
-async def send(
-    client: TestClient[Any, Any],
-    body: bytes,
-    *,
-    content_type: str | None = "image/png",
-    chat_id: str = CHAT_ID,
-    params: dict[str, str] | None = None,
-    headers: dict[str, str] | None = None,
-    method: str = "POST",
-) -> tuple[int, dict[str, Any], Any]:
-    all_headers = dict(headers or {})
-    if content_type is not None:
-        all_headers["Content-Type"] = content_type
-    response = await client.request(
-        method,
-        f"/v1/chats/{chat_id}/attachments",
-        data=io.BytesIO(body),
-        params=params,
-        headers=all_headers,
-        skip_auto_headers=["Content-Type"] if content_type is None else (),
-    )
-    return response.status, await response.json(), response
 
 
 async def test_send_streams_with_content_length_then_sends(

@@ -16,9 +16,10 @@ from aiohttp.test_utils import TestClient
 from gateway.simulator import ChertSimulator
 from gateway.spool import FILE_PREFIX, Spool
 from gateway.state import SPOOL
-from tests.conftest import CHAT_ID, GatewayFactory, require_tool
-from tests.test_callers_misbehaving import wait_for
-from tests.test_streaming_memory import make_file
+from tests.conftest import CHAT_ID, GatewayFactory
+from tests.processes import curl
+from tests.raw_http import wait_for
+from tests.samples import make_file
 
 PATH = f"/v1/chats/{CHAT_ID}/attachments"
 
@@ -43,22 +44,10 @@ async def test_chunked_100_mb_is_spooled_and_put_with_content_length(
     size = 100 * 1024 * 1024
     expected = make_file(big, size)
     url = str(client.make_url(PATH))
-    proc = await asyncio.create_subprocess_exec(
-        require_tool("curl"),
-        "-sS",
-        "-T",
-        str(big),
-        "-H",
-        "Transfer-Encoding: chunked",
-        "-H",
-        "Content-Type: image/png",
-        "-w",
-        "\n%{http_code}",
-        url,
-        stdout=asyncio.subprocess.PIPE,
+    status, answer = await curl(
+        "-T", str(big), "-H", "Transfer-Encoding: chunked", "-H", "Content-Type: image/png", url
     )
-    out, _ = await proc.communicate()
-    assert out.decode().endswith("\n201"), out[-300:]
+    assert status == 201, answer
 
     (put,) = simulator.state.requests_to("PUT")
     assert put.header("Content-Length") == str(size)

@@ -3,9 +3,7 @@ process, 100 MB through it, and what Chert saw on the wire."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -14,67 +12,51 @@ import pytest
 from aiohttp.test_utils import BaseTestServer
 
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID, SECRET, gateway_env, require_tool
-from tests.processes import GatewayProcess
+from tests.conftest import CHAT_ID, SECRET, gateway_env
+from tests.processes import GatewayProcess, curl
+from tests.samples import MIB, make_file
 
 SIZE = 100 * 1024 * 1024
-MIB = 1024 * 1024
 MAX_GROWTH = 32 * MIB
 
 
-def make_file(path: Path, size: int) -> str:
-    """Random bytes (a PNG header first), written in pieces; returns the SHA-256."""
-    digest = hashlib.sha256()
-    with path.open("wb") as out:
-        piece = b"\x89PNG\r\n\x1a\n" + os.urandom(MIB - 8)
-        written = 0
-        while written < size:
-            chunk = piece[: size - written]
-            out.write(chunk)
-            digest.update(chunk)
-            written += len(chunk)
-            piece = os.urandom(MIB)
-    return digest.hexdigest()
+async def curl_upload(url: str, path: Path) -> tuple[int, dict[str, object]]:
+    status, body = await curl("-T", str(path), "-H", "Content-Type: image/png", url)
+    return status, orjson.loads(body)
 
 
-async def curl_upload(url: str, path: Path, *extra: str) -> tuple[int, dict[str, object]]:
-    curl = require_tool("curl")
-    proc = await asyncio.create_subprocess_exec(
-        curl,
-        "-sS",
-        "-T",
-        str(path),
-        "-H",
-        "Content-Type: image/png",
-        "-w",
-        "\n%{http_code}",
-        *extra,
-        url,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await proc.communicate()
-    body, _, code = out.decode().rpartition("\n")
-    return int(code), orjson.loads(body)
+@dataclass
+class Files:
+    big: Path
+    big_sha256: str
+    small: Path
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Files:
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    sha = make_file(big, SIZE)
+    make_file(small, 300_000)
+    return Files(big, sha, small)
+
+
+async def warm_up(gateway: GatewayProcess, url: str, files: Files) -> int:
+    """One small upload (imports, first connection, first buffers); then the baseline."""
+    status, _ = await curl_upload(url, files.small)
+    assert status == 201
+    return gateway.peak_rss_bytes()
 
 
 @pytest.mark.slow
 async def test_100_mb_streams_with_content_length_in_bounded_memory(
-    chert_server: BaseTestServer, simulator: ChertSimulator, tmp_path: Path
+    chert_server: BaseTestServer, simulator: ChertSimulator, files: Files
 ) -> None:
-    big = tmp_path / "big.png"
-    expected_sha = make_file(big, SIZE)
-    small = tmp_path / "small.png"
-    make_file(small, 300_000)
-
+    expected_sha = files.big_sha256
     env = gateway_env(str(chert_server.make_url("")), CHERT_TIMEOUT="60")
     async with GatewayProcess(env) as gateway:
         url = f"{gateway.api}/v1/chats/{CHAT_ID}/attachments?filename=big.png"
-        # Warm up (imports, first connection, first buffers), then take the baseline.
-        status, _ = await curl_upload(url, small)
-        assert status == 201
-        baseline = gateway.peak_rss_bytes()
-
-        status, answer = await curl_upload(url, big)
+        baseline = await warm_up(gateway, url, files)
+        status, answer = await curl_upload(url, files.big)
         growth = gateway.peak_rss_bytes() - baseline
 
     assert status == 201, answer
@@ -96,24 +78,19 @@ async def test_100_mb_streams_with_content_length_in_bounded_memory(
 
 @pytest.mark.slow
 async def test_an_upstream_that_stops_reading_for_10_s_does_not_grow_memory(
-    chert_server: BaseTestServer, simulator: ChertSimulator, tmp_path: Path
+    chert_server: BaseTestServer, simulator: ChertSimulator, files: Files
 ) -> None:
-    big = tmp_path / "big.png"
-    expected_sha = make_file(big, SIZE)
-    small = tmp_path / "small.png"
-    make_file(small, 300_000)
     env = gateway_env(str(chert_server.make_url("")), CHERT_TIMEOUT="30")
     async with GatewayProcess(env) as gateway:
         url = f"{gateway.api}/v1/chats/{CHAT_ID}/attachments"
-        assert (await curl_upload(url, small))[0] == 201
-        baseline = gateway.peak_rss_bytes()
+        baseline = await warm_up(gateway, url, files)
         simulator.faults.update({"stall_put_seconds": 10.0, "stall_put_after_bytes": 10 * MIB})
-        status, answer = await curl_upload(url, big)
+        status, answer = await curl_upload(url, files.big)
         growth = gateway.peak_rss_bytes() - baseline
         async with aiohttp.ClientSession() as http, http.get(f"{gateway.ops}/metrics") as r:
             metrics_text = await r.text()
     assert status == 201, answer
-    assert answer["sha256"] == expected_sha
+    assert answer["sha256"] == files.big_sha256
     assert answer["timings"]["upload_s"] >= 10  # type: ignore[operator]
     print(f"\npeak RSS growth with a 10 s upstream stall: {growth / MIB:.1f} MiB")
     assert growth < MAX_GROWTH
