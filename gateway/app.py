@@ -164,6 +164,9 @@ async def _chert_client(app: web.Application) -> Any:
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
     async with aiohttp.ClientSession(
         connector=connector,
+        # aiohttp's default is total=300 s for every call; each call here sets
+        # its own limits, so none is hidden (see ChertClient).
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.chert_timeout),
         headers={hdrs.USER_AGENT: f"chert-gateway/{__version__}"},
         auto_decompress=False,
     ) as session:

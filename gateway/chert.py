@@ -161,14 +161,19 @@ class ChertClient:
 
     async def _put(self, slot: UploadSlot, body: UploadBody, headers: dict[str, str]) -> None:
         loop = asyncio.get_running_loop()
+        # No total time limit: a large file on a slow link takes as long as it
+        # takes. What is bounded is progress: the body moves this deadline
+        # forward with every chunk Chert takes.
+        no_total = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout)
         try:
-            async with asyncio.timeout(loop.time() + self._timeout) as deadline:
+            async with asyncio.timeout_at(loop.time() + self._timeout) as deadline:
                 with _map_transport_errors("upload"):
                     async with self._session.put(
                         slot.upload_url,
                         data=body.chunks(deadline, self._timeout),
                         headers=headers,
                         allow_redirects=False,
+                        timeout=no_total,
                     ) as response:
                         await self._read_answer(response, "upload")
         except (GatewayError, TimeoutError) as exc:

@@ -29,9 +29,9 @@ from gateway.errors import (
     UnsupportedMediaTypeError,
 )
 
-# Chert's ids are UUIDs, hex or prefixed hex (in_536f…); allow any plain
+# Chert's ids (chats, attachments) are UUIDs, hex or prefixed hex (in_536f…): allow any plain
 # token, refuse anything that could change the path it is put into.
-CHAT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 MAX_FILENAME_BYTES = 255
 
@@ -49,7 +49,7 @@ class FileMeta:
 
 def chat_id(request: web.Request) -> str:
     value = request.match_info["chat_id"]
-    if not CHAT_ID_RE.match(value):
+    if not ID_RE.match(value):
         raise InvalidRequestError(
             "chat_id must be 1-128 letters, digits, '-' or '_' (the chat.id Chert returned)"
         )
@@ -58,7 +58,7 @@ def chat_id(request: web.Request) -> str:
 
 def attachment_id(request: web.Request) -> str:
     value = request.match_info["attachment_id"]
-    if not CHAT_ID_RE.match(value):
+    if not ID_RE.match(value):
         raise InvalidRequestError("attachment_id must be 1-128 letters, digits, '-' or '_'")
     return value
 

@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import aiofiles
+from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from gateway import media
 from gateway.errors import (
@@ -46,8 +47,18 @@ class SpooledBody:
     replayable = True
     failure: GatewayError | None = None
 
-    def __init__(self, path: Path, size: int, sha256: str, head: bytes, chunk_size: int) -> None:
-        self.path = path
+    def __init__(
+        self,
+        source: AsyncBufferedReader,
+        size: int,
+        sha256: str,
+        head: bytes,
+        chunk_size: int,
+    ) -> None:
+        # The file is opened and closed by Spool.receive, not here: an HTTP
+        # client may abandon `chunks` mid-way (a reset PUT), and an abandoned
+        # generator must hold nothing that needs closing.
+        self._source = source
         self.size = size
         self.received = size
         self.sha256 = sha256
@@ -61,10 +72,10 @@ class SpooledBody:
         self, deadline: asyncio.Timeout, upstream_timeout: float
     ) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
-        async with aiofiles.open(self.path, "rb") as source:
-            while chunk := await source.read(self._chunk_size):
-                deadline.reschedule(loop.time() + upstream_timeout)
-                yield chunk
+        await self._source.seek(0)  # every attempt starts from the first byte
+        while chunk := await self._source.read(self._chunk_size):
+            deadline.reschedule(loop.time() + upstream_timeout)
+            yield chunk
 
 
 class Spool:
@@ -97,7 +108,7 @@ class Spool:
         head = b""
         reserved = 0
         try:
-            async with aiofiles.open(path, "wb") as sink:
+            async with aiofiles.open(path, "w+b") as sink:
                 while chunk := await reader.read(chunk_size):
                     if reader.received > limit:
                         raise PayloadTooLargeError(
@@ -115,7 +126,8 @@ class Spool:
                         head += chunk[: HEAD_BYTES - len(head)]
                     hasher.update(chunk)
                     await sink.write(chunk)
-            yield SpooledBody(path, reader.received, hasher.hexdigest(), head, chunk_size)
+                await sink.flush()
+                yield SpooledBody(sink, reader.received, hasher.hexdigest(), head, chunk_size)
         finally:
             self.used -= reserved
             with suppress(FileNotFoundError):

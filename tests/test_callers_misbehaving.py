@@ -112,3 +112,19 @@ async def test_unsupported_type_with_expect_is_refused_before_the_body(
     assert await read_status(reader) == 415
     writer.close()
     assert simulator.state.requests == []
+
+
+async def test_a_slow_steady_caller_is_not_cut_by_a_total_time_limit(
+    make_gateway: GatewayFactory, simulator: ChertSimulator
+) -> None:
+    """Progress is bounded, not duration: 2 s of steady trickle, 0.5 s limits."""
+    client = await make_gateway(GATEWAY_CLIENT_TIMEOUT="0.5", CHERT_TIMEOUT="0.5")
+    pieces = [PNG_MAGIC + os.urandom(20_000 - 8)] + [os.urandom(20_000) for _ in range(19)]
+    reader, writer = await RawCaller(client).open(sum(map(len, pieces)))
+    for piece in pieces:
+        writer.write(piece)
+        await writer.drain()
+        await asyncio.sleep(0.1)
+    assert await read_status(reader) == 201
+    writer.close()
+    assert len(simulator.state.messages) == 1
