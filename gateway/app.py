@@ -119,8 +119,8 @@ def _record(
     elapsed: float,
 ) -> None:
     """Count and log one request. Only bounded values become labels."""
-    route = request.match_info.route.resource
-    route_label = route.canonical if route is not None else "unmatched"
+    resource = request.match_info.route.resource
+    route_label = (resource.name if resource is not None else None) or "unmatched"
     outcome = _outcome(request, error)
     metrics = request.app[METRICS]
     metrics.requests.labels(route_label, outcome).inc()
@@ -134,6 +134,8 @@ def _record(
         "status": response.status,
         "outcome": outcome,
         "duration_s": round(elapsed, 6),
+        "bytes_received": request.content.total_bytes,
+        **request.get(handlers.LOG_FIELDS_KEY, {}),
     }
     if error is not None:
         fields["error_code"] = error.code
@@ -176,9 +178,7 @@ async def _chert_client(app: web.Application) -> Any:
             settings.signing_secret,
             timeout=settings.chert_timeout,
             tenant=settings.tenant,
-            on_retry=lambda operation, reason: metrics.upstream_retries.labels(
-                operation, reason
-            ).inc(),
+            observer=metrics,
         )
         app[CHERT] = chert
         app[PIPELINE] = UploadPipeline(chert, metrics)
@@ -192,13 +192,18 @@ def create_app(
     metrics = metrics if metrics is not None else Metrics()
     admission = admission if admission is not None else Admission(settings.max_in_flight)
     metrics.in_flight.set_function(lambda: admission.in_flight)
+    metrics.max_in_flight.set(settings.max_in_flight)
+    metrics.draining.set_function(lambda: int(admission.draining))
+    metrics.spool_capacity.set(settings.spool_max_bytes)
     app = web.Application(middlewares=[request_middleware, client_auth_middleware])
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[ADMISSION] = admission
-    app[IDEMPOTENCY] = IdempotencyStore()
+    idempotency = app[IDEMPOTENCY] = IdempotencyStore()
     spool = app[SPOOL] = Spool(settings.spool_dir, settings.spool_max_bytes)
     spool.sweep()
+    metrics.spool_used.set_function(lambda: spool.used)
+    metrics.idempotency_entries.set_function(lambda: len(idempotency))
     app.cleanup_ctx.append(_chert_client)
     handlers.add_routes(app)
     return app

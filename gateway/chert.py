@@ -96,6 +96,33 @@ class UploadBody(Protocol):
     ) -> AsyncIterator[bytes]: ...
 
 
+class ChertObserver(Protocol):
+    """Told of every call to Chert, retry and error code (metrics.Metrics is one)."""
+
+    def upstream_call(self, operation: str, status: str, seconds: float) -> None: ...
+    def upstream_retry(self, operation: str, reason: str) -> None: ...
+    def chert_error(self, operation: str, code: int) -> None: ...
+
+
+class _NoObserver:
+    def upstream_call(self, operation: str, status: str, seconds: float) -> None:
+        pass
+
+    def upstream_retry(self, operation: str, reason: str) -> None:
+        pass
+
+    def chert_error(self, operation: str, code: int) -> None:
+        pass
+
+
+@dataclass
+class _Call:
+    """One attempt's outcome, as the observer hears it: an HTTP status or
+    `timeout` / `error` when no answer came."""
+
+    status: str = "error"
+
+
 class ChertClient:
     def __init__(
         self,
@@ -106,7 +133,7 @@ class ChertClient:
         timeout: float,
         tenant: str | None = None,
         retry: RetryPolicy = RetryPolicy(),
-        on_retry: Callable[[str, str], None] | None = None,
+        observer: ChertObserver | None = None,
     ) -> None:
         self._session = session
         self._base = base_url.origin()
@@ -116,7 +143,7 @@ class ChertClient:
         self._timeout = timeout
         self._tenant = tenant
         self._retry = retry
-        self._on_retry = on_retry
+        self._observer: ChertObserver = observer if observer is not None else _NoObserver()
 
     # -- the three calls ------------------------------------------------------
 
@@ -166,16 +193,18 @@ class ChertClient:
         # forward with every chunk Chert takes.
         no_total = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout)
         try:
-            async with asyncio.timeout_at(loop.time() + self._timeout) as deadline:
-                with _map_transport_errors("upload"):
-                    async with self._session.put(
-                        slot.upload_url,
-                        data=body.chunks(deadline, self._timeout),
-                        headers=headers,
-                        allow_redirects=False,
-                        timeout=no_total,
-                    ) as response:
-                        await self._read_answer(response, "upload")
+            with self._timed("upload") as call:
+                async with asyncio.timeout_at(loop.time() + self._timeout) as deadline:
+                    with _map_transport_errors("upload"):
+                        async with self._session.put(
+                            slot.upload_url,
+                            data=body.chunks(deadline, self._timeout),
+                            headers=headers,
+                            allow_redirects=False,
+                            timeout=no_total,
+                        ) as response:
+                            call.status = str(response.status)
+                            await self._read_answer(response, "upload")
         except (GatewayError, TimeoutError) as exc:
             if body.failure is not None:
                 raise body.failure from exc
@@ -217,15 +246,16 @@ class ChertClient:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._timeout, sock_read=self._timeout
         )
-        with _map_transport_errors("download"):
+        with self._timed("download") as call, _map_transport_errors("download"):
             async with self._session.get(
                 self._url(f"/api/v1/attachments/{attachment_id}/content"),
                 headers=headers,
                 allow_redirects=False,
                 timeout=timeout,
             ) as response:
+                call.status = str(response.status)
                 if response.status != 200:
-                    raise await _error_from_answer(response, "download")
+                    raise await self._error_from_answer(response, "download")
                 yield response
 
     # -- the secret goes only to Chert ----------------------------------------
@@ -303,7 +333,7 @@ class ChertClient:
             headers["Content-Type"] = "application/json"
             data = orjson.dumps(body)
         timeout = aiohttp.ClientTimeout(total=self._timeout)
-        with _map_transport_errors(operation):
+        with self._timed(operation) as call, _map_transport_errors(operation):
             async with self._session.request(
                 method,
                 self._url(path),
@@ -312,6 +342,7 @@ class ChertClient:
                 allow_redirects=False,
                 timeout=timeout,
             ) as response:
+                call.status = str(response.status)
                 return await self._read_answer(response, operation)
 
     async def _read_answer(
@@ -326,7 +357,28 @@ class ChertClient:
             if not isinstance(answer, dict):
                 raise UpstreamError(f"Chert's {operation} answer is not a JSON object")
             return answer
-        raise await _error_from_answer(response, operation)
+        raise await self._error_from_answer(response, operation)
+
+    async def _error_from_answer(
+        self, response: aiohttp.ClientResponse, operation: str
+    ) -> GatewayError:
+        error = await _error_from_answer(response, operation)
+        if error.chert_code is not None:
+            self._observer.chert_error(operation, error.chert_code)
+        return error
+
+    @contextmanager
+    def _timed(self, operation: str) -> Iterator[_Call]:
+        call = _Call()
+        started = time.perf_counter()
+        try:
+            yield call
+        except (TimeoutError, UpstreamTimeoutError):
+            if call.status == "error":
+                call.status = "timeout"
+            raise
+        finally:
+            self._observer.upstream_call(operation, call.status, time.perf_counter() - started)
 
     def _backoff(self, state: RetryCallState) -> float:
         """Full jitter (uniform in [0, base·2ⁿ], capped), but never before Retry-After."""
@@ -340,8 +392,8 @@ class ChertClient:
 
     def _note_retry(self, operation: str, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        if self._on_retry is not None and exc is not None:
-            self._on_retry(operation, _retry_reason(exc))
+        if exc is not None:
+            self._observer.upstream_retry(operation, _retry_reason(exc))
 
 
 def _retry_reason(exc: BaseException) -> str:

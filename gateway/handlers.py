@@ -37,6 +37,8 @@ PASSED_DOWNLOAD_HEADERS = (
 )
 
 OUTCOME_KEY = web.RequestKey("gateway_outcome", str)
+# What the access log line says of a request beyond method, route and status.
+LOG_FIELDS_KEY = web.RequestKey("gateway_log_fields", dict)
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 
@@ -44,8 +46,23 @@ def json_response(body: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
+def _done(request: web.Request, outcome: str, answer: dict[str, Any] | None = None) -> None:
+    """Note the outcome, and the answer's ids, sizes and timings for the log."""
+    request[OUTCOME_KEY] = outcome
+    if answer is None:
+        return
+    files = answer.get("attachments") or ([answer] if "attachment_id" in answer else [])
+    message = answer.get("message") or {}
+    request[LOG_FIELDS_KEY] = {
+        "attachment_ids": [f["attachment_id"] for f in files] or None,
+        "size_bytes": sum(f["size_bytes"] for f in files) if files else None,
+        "message_id": message.get("id"),
+        "timings": answer.get("timings"),
+    }
+
+
 def _replay(request: web.Request, answer: dict[str, Any]) -> web.Response:
-    request[OUTCOME_KEY] = "replayed"
+    _done(request, "replayed", answer)
     response = json_response(answer, status=201)
     response.headers[REPLAYED_HEADER] = "true"
     return response
@@ -100,7 +117,7 @@ async def send_file(request: web.Request) -> web.Response:
                 idempotency_key=given_key or uuid.uuid4().hex,
             )
         claim.complete(answer)
-    request[OUTCOME_KEY] = "sent"
+    _done(request, "sent", answer)
     return json_response(answer, status=201)
 
 
@@ -118,7 +135,7 @@ async def upload_only(request: web.Request) -> web.Response:
             uploaded = await request.app[PIPELINE].upload(meta, body, Timings())
         answer = {**uploaded.to_json(), "expires_at": uploaded.expires_at}
         claim.complete(answer)
-    request[OUTCOME_KEY] = "uploaded"
+    _done(request, "uploaded", answer)
     return json_response(answer, status=201)
 
 
@@ -158,7 +175,7 @@ async def _send_json(request: web.Request, chat_id: str, given_key: str | None) 
         timings.total_s = time.perf_counter() - started
         answer = {"message": message, "timings": timings.to_json()}
         claim.complete(answer)
-    request[OUTCOME_KEY] = "sent"
+    _done(request, "sent", answer)
     return json_response(answer, status=201)
 
 
@@ -195,7 +212,7 @@ async def _send_form(request: web.Request, chat_id: str, given_key: str | None) 
             "timings": timings.to_json(),
         }
         claim.complete(answer)
-    request[OUTCOME_KEY] = "sent"
+    _done(request, "sent", answer)
     return json_response(answer, status=201)
 
 
@@ -233,21 +250,25 @@ async def attachment_content(request: web.Request) -> web.StreamResponse:
             request[OUTCOME_KEY] = "client_aborted"
             return response
         await response.write_eof()
-    request[OUTCOME_KEY] = "downloaded"
+    _done(request, "downloaded")
     return response
 
 
 def add_routes(app: web.Application) -> None:
+    """Each resource is named: the name is the `route` label of metrics and logs."""
+    router = app.router
+    send = router.add_resource("/v1/chats/{chat_id}/attachments", name="send_file")
     for method in ("POST", "PUT"):
-        app.router.add_route(
-            method,
-            "/v1/chats/{chat_id}/attachments",
-            send_file,
-            expect_handler=intake.defer_continue,
-        )
-    app.router.add_post("/v1/attachments", upload_only, expect_handler=intake.defer_continue)
-    app.router.add_post(
-        "/v1/chats/{chat_id}/messages", send_message, expect_handler=intake.defer_continue
+        send.add_route(method, send_file, expect_handler=intake.defer_continue)
+    router.add_resource("/v1/attachments", name="upload").add_route(
+        "POST", upload_only, expect_handler=intake.defer_continue
     )
-    app.router.add_get("/v1/attachments/{attachment_id}", attachment_metadata)
-    app.router.add_get("/v1/attachments/{attachment_id}/content", attachment_content)
+    router.add_resource("/v1/chats/{chat_id}/messages", name="send_message").add_route(
+        "POST", send_message, expect_handler=intake.defer_continue
+    )
+    router.add_resource("/v1/attachments/{attachment_id}", name="attachment").add_route(
+        "GET", attachment_metadata
+    )
+    router.add_resource(
+        "/v1/attachments/{attachment_id}/content", name="attachment_content"
+    ).add_route("GET", attachment_content)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import time
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -179,6 +180,7 @@ class CallerReader:
     def __init__(self, read: ReadFn, *, client_timeout: float) -> None:
         self.received = 0
         self.failure: GatewayError | None = None
+        self.first_byte_at: float | None = None  # time.perf_counter()
         self._read = read
         self._client_timeout = client_timeout
 
@@ -198,6 +200,8 @@ class CallerReader:
             raise self.fail(
                 ClientAbortedError(f"the caller left after sending {self.received} bytes")
             ) from exc
+        if self.first_byte_at is None and chunk:
+            self.first_byte_at = time.perf_counter()
         self.received += len(chunk)
         return chunk
 
@@ -222,10 +226,15 @@ class CallerBody:
         self._chunk_size = chunk_size
         self._hasher = hashlib.sha256()
         self._pending = b""  # read ahead by head(), not yet handed on
+        self.first_byte_sent_at: float | None = None
 
     @property
     def received(self) -> int:
         return self._reader.received
+
+    @property
+    def first_byte_received_at(self) -> float | None:
+        return self._reader.first_byte_at
 
     @property
     def failure(self) -> GatewayError | None:
@@ -246,6 +255,7 @@ class CallerBody:
         self, deadline: asyncio.Timeout, upstream_timeout: float
     ) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
+        self.first_byte_sent_at = time.perf_counter()
         if self._pending:
             chunk, self._pending = self._pending, b""
             self._hasher.update(chunk)

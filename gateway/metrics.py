@@ -1,17 +1,34 @@
 """Every chert_gateway_* metric, in one place, on a registry of its own.
 
-Labels take only bounded values (routes, outcomes, phases, operations): no
-ids, file names or chat ids, so the series count never grows with traffic.
+Base units (seconds, bytes), `_total` on counters (prometheus_client adds
+it), and labels that take only bounded values: route names, outcomes,
+phases, operations, HTTP statuses, Chert's documented codes. No ids, file
+names or chat ids, so the number of series never grows with traffic.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
 
 from gateway import __version__
 
 # Seconds: from a fast small file to a 100 MB upload on a slow link.
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
+)  # fmt: skip
+SIZE_BUCKETS = tuple(
+    float(x) for x in (1e3, 1e4, 64e3, 1e5, 256e3, 1e6, 5e6, 1e7, 25e6, 5e7, 104857600)
+)
+THROUGHPUT_BUCKETS = (1e5, 1e6, 5e6, 1e7, 25e6, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2.5e9)
+# Chert's documented codes; anything else is counted as "other".
+CHERT_CODES = frozenset({1002, 1003, 3002, 4001})
 
 
 class Metrics:
@@ -20,7 +37,7 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "chert_gateway_requests",
-            "API requests by route and outcome",
+            "API requests (uploads, sends, downloads) by route and outcome",
             ["route", "outcome"],
             registry=r,
         )
@@ -33,8 +50,15 @@ class Metrics:
         )
         self.phase_seconds = Histogram(
             "chert_gateway_phase_duration_seconds",
-            "Time spent in each phase of an upload",
+            "Time spent in each phase of an upload: create_slot, upload, send",
             ["phase"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "chert_gateway_upstream_duration_seconds",
+            "Duration of each call to Chert (each attempt), by operation and HTTP status",
+            ["operation", "status"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )
@@ -42,16 +66,72 @@ class Metrics:
             "chert_gateway_received_bytes", "Body bytes received from callers", registry=r
         )
         self.upstream_bytes = Counter(
-            "chert_gateway_upstream_bytes", "Body bytes fully delivered to Chert", registry=r
+            "chert_gateway_upstream_bytes", "Body bytes delivered to Chert", registry=r
+        )
+        self.upload_size = Histogram(
+            "chert_gateway_upload_size_bytes",
+            "Size of each file delivered to Chert",
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
+        self.upload_throughput = Histogram(
+            "chert_gateway_upload_throughput_bytes_per_second",
+            "Bytes per second of each upload to Chert (size / upload phase)",
+            buckets=THROUGHPUT_BUCKETS,
+            registry=r,
+        )
+        self.first_byte_relay = Histogram(
+            "chert_gateway_first_byte_relay_seconds",
+            "From the first body byte received to the first byte handed to Chert",
+            ["mode"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.in_flight = Gauge("chert_gateway_uploads_in_flight", "Uploads running now", registry=r)
+        self.max_in_flight = Gauge(
+            "chert_gateway_uploads_max_in_flight",
+            "GATEWAY_MAX_IN_FLIGHT: uploads that may run at once",
+            registry=r,
+        )
+        self.draining = Gauge(
+            "chert_gateway_draining", "1 while the gateway drains after SIGTERM", registry=r
+        )
+        self.spool_used = Gauge(
+            "chert_gateway_spool_used_bytes", "Bytes held in the disk spool", registry=r
+        )
+        self.spool_capacity = Gauge(
+            "chert_gateway_spool_capacity_bytes", "GATEWAY_SPOOL_MAX_BYTES", registry=r
+        )
+        self.idempotency_entries = Gauge(
+            "chert_gateway_idempotency_entries",
+            "Idempotency keys remembered (running and completed)",
+            registry=r,
+        )
         self.upstream_retries = Counter(
             "chert_gateway_upstream_retries",
             "Chert calls retried, by operation and reason",
             ["operation", "reason"],
             registry=r,
         )
+        self.chert_errors = Counter(
+            "chert_gateway_chert_errors",
+            "Error codes Chert answered with, by operation",
+            ["operation", "code"],
+            registry=r,
+        )
         Info("chert_gateway_build", "Gateway build information", registry=r).info(
             {"version": __version__}
         )
         ProcessCollector(registry=r)
+
+    # -- chert.ChertObserver ------------------------------------------------------
+
+    def upstream_call(self, operation: str, status: str, seconds: float) -> None:
+        self.upstream_seconds.labels(operation, status).observe(seconds)
+
+    def upstream_retry(self, operation: str, reason: str) -> None:
+        self.upstream_retries.labels(operation, reason).inc()
+
+    def chert_error(self, operation: str, code: int) -> None:
+        label = str(code) if code in CHERT_CODES else "other"
+        self.chert_errors.labels(operation, label).inc()

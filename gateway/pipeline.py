@@ -20,6 +20,13 @@ class HashedBody(UploadBody, Protocol):
     @property
     def received(self) -> int: ...
 
+    # time.perf_counter() of the first byte from the caller, and to Chert.
+    @property
+    def first_byte_received_at(self) -> float | None: ...
+
+    @property
+    def first_byte_sent_at(self) -> float | None: ...
+
     async def head(self, n: int) -> bytes:
         """The first `n` bytes, without consuming them."""
 
@@ -74,9 +81,21 @@ class UploadPipeline:
             upload_done = time.perf_counter()
             timings.upload_s += upload_done - slot_done
             self._metrics.received_bytes.inc(body.received)
-        self._metrics.phase_seconds.labels("upload").observe(upload_done - slot_done)
-        self._metrics.upstream_bytes.inc(body.size)
+        self._observe_upload(body, upload_done - slot_done)
         return UploadedFile(slot.attachment_id, meta, body.size, body.sha256, slot.expires_at)
+
+    def _observe_upload(self, body: HashedBody, seconds: float) -> None:
+        """Per upload, never per chunk: the hot path stays free of metrics."""
+        metrics = self._metrics
+        metrics.phase_seconds.labels("upload").observe(seconds)
+        metrics.upstream_bytes.inc(body.size)
+        metrics.upload_size.observe(body.size)
+        if seconds > 0:
+            metrics.upload_throughput.observe(body.size / seconds)
+        received, sent = body.first_byte_received_at, body.first_byte_sent_at
+        if received is not None and sent is not None:
+            mode = "spooled" if body.replayable else "streamed"
+            metrics.first_byte_relay.labels(mode).observe(max(0.0, sent - received))
 
     async def send(
         self,

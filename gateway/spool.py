@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -54,6 +55,7 @@ class SpooledBody:
         sha256: str,
         head: bytes,
         chunk_size: int,
+        first_byte_received_at: float | None,
     ) -> None:
         # The file is opened and closed by Spool.receive, not here: an HTTP
         # client may abandon `chunks` mid-way (a reset PUT), and an abandoned
@@ -64,6 +66,8 @@ class SpooledBody:
         self.sha256 = sha256
         self._head = head
         self._chunk_size = chunk_size
+        self.first_byte_received_at = first_byte_received_at
+        self.first_byte_sent_at: float | None = None
 
     async def head(self, n: int) -> bytes:
         return self._head[:n]
@@ -73,6 +77,8 @@ class SpooledBody:
     ) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         await self._source.seek(0)  # every attempt starts from the first byte
+        if self.first_byte_sent_at is None:
+            self.first_byte_sent_at = time.perf_counter()
         while chunk := await self._source.read(self._chunk_size):
             deadline.reschedule(loop.time() + upstream_timeout)
             yield chunk
@@ -127,7 +133,14 @@ class Spool:
                     hasher.update(chunk)
                     await sink.write(chunk)
                 await sink.flush()
-                yield SpooledBody(sink, reader.received, hasher.hexdigest(), head, chunk_size)
+                yield SpooledBody(
+                    sink,
+                    reader.received,
+                    hasher.hexdigest(),
+                    head,
+                    chunk_size,
+                    first_byte_received_at=reader.first_byte_at,
+                )
         finally:
             self.used -= reserved
             with suppress(FileNotFoundError):

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import io
-import os
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import CHAT_ID
-
-PNG_HEADER = b"\x89PNG\r\n\x1a\n"
+from tests.samples import sample
 
 
 def png_bytes(size: int) -> bytes:
-    return PNG_HEADER + os.urandom(size - len(PNG_HEADER))
+    return sample("image/png", size)
 
 
 async def send(

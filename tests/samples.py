@@ -25,6 +25,9 @@ MAGIC: dict[str, bytes] = {
 }
 
 
+PNG_MAGIC = MAGIC["image/png"]
+
+
 def sample(content_type: str, size: int) -> bytes:
     magic = MAGIC[content_type]
     return magic + os.urandom(max(0, size - len(magic)))

@@ -16,8 +16,7 @@ from gateway.simulator import ChertSimulator
 from gateway.state import METRICS
 from tests.conftest import GatewayFactory
 from tests.raw_http import PATH, RawCaller, read_status, wait_for
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+from tests.samples import PNG_MAGIC
 
 
 async def test_caller_that_disconnects_mid_body_aborts_the_put_and_sends_nothing(
@@ -25,7 +24,7 @@ async def test_caller_that_disconnects_mid_body_aborts_the_put_and_sends_nothing
 ) -> None:
     size = 10_000_000
     _reader, writer = await RawCaller(gateway).open(size)
-    writer.write(b"\x89PNG\r\n\x1a\n" + os.urandom(size // 5))  # 20 %, then gone
+    writer.write(PNG_MAGIC + os.urandom(size // 5))  # 20 %, then gone
     await writer.drain()
     await wait_for(lambda: simulator.state.requests_to("PUT"))
     writer.close()
@@ -35,14 +34,14 @@ async def test_caller_that_disconnects_mid_body_aborts_the_put_and_sends_nothing
     assert not put.body_complete
     assert put.body_bytes < size
     metrics = gateway.server.app[METRICS]  # type: ignore[union-attr]
-    aborted = {"route": "/v1/chats/{chat_id}/attachments", "outcome": "client_aborted"}
+    aborted = {"route": "send_file", "outcome": "client_aborted"}
     await wait_for(
         lambda: metrics.registry.get_sample_value("chert_gateway_requests_total", aborted)
     )
     assert simulator.state.requests_to("POST", "/messages") == []
     # And the gateway keeps serving.
     response = await gateway.post(
-        PATH, data=b"\x89PNG\r\n\x1a\n" + b"x" * 10, headers={"Content-Type": "image/png"}
+        PATH, data=PNG_MAGIC + b"x" * 10, headers={"Content-Type": "image/png"}
     )
     assert response.status == 201
 
@@ -94,7 +93,7 @@ async def test_expect_100_continue_refusal_costs_no_body_bytes(
 async def test_expect_100_continue_is_answered_once_checks_pass(
     gateway: TestClient[Any, Any], simulator: ChertSimulator
 ) -> None:
-    body = b"\x89PNG\r\n\x1a\n" + os.urandom(5000)
+    body = PNG_MAGIC + os.urandom(5000)
     reader, writer = await RawCaller(gateway).open(len(body), expect=True)
     assert await read_status(reader) == 100
     await reader.readline()  # the blank line after "100 Continue"

@@ -13,7 +13,7 @@ from aiohttp.test_utils import BaseTestServer
 from gateway.simulator import ChertSimulator
 from tests.conftest import CHAT_ID, SECRET, gateway_env
 from tests.processes import GatewayProcess, curl
-from tests.samples import make_file
+from tests.samples import PNG_MAGIC, make_file
 
 
 async def test_sigterm_drains_in_flight_uploads_then_exits_0(
@@ -39,7 +39,7 @@ async def test_sigterm_drains_in_flight_uploads_then_exits_0(
             async with http.get(f"{gateway.ops}/readyz") as response:
                 assert response.status == 503
             async with http.post(
-                url, data=b"\x89PNG\r\n\x1a\n", headers={"Content-Type": "image/png"}
+                url, data=PNG_MAGIC, headers={"Content-Type": "image/png"}
             ) as response:
                 assert response.status == 503
                 assert (await response.json())["error"]["code"] == "overloaded"

@@ -19,6 +19,7 @@ from aiohttp.test_utils import BaseTestServer
 
 from gateway.simulator import ChertSimulator
 from tests.conftest import CHAT_ID, SECRET, require_tool
+from tests.samples import PNG_MAGIC
 
 DOCS = Path(__file__).parent.parent / "docs" / "chert-api"
 CHERT_HOST = "https://console.trychert.com"
@@ -106,7 +107,7 @@ async def test_the_attachment_flow_as_documented(
 async def upload_image(reader: DocsReader) -> str:
     """Create and fill a PNG slot with the page's own step 1 and 2, adapted to a PNG."""
     create, upload, *_ = attachment_page_commands()
-    png = b"\x89PNG\r\n\x1a\n" + os.urandom(1000)
+    png = PNG_MAGIC + os.urandom(1000)
     (reader.workdir / "photo.png").write_bytes(png)
     slot = await reader.run(
         create.replace("invoice.pdf", "photo.png")

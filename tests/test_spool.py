@@ -19,7 +19,7 @@ from gateway.state import SPOOL
 from tests.conftest import CHAT_ID, GatewayFactory
 from tests.processes import curl
 from tests.raw_http import wait_for
-from tests.samples import make_file
+from tests.samples import PNG_MAGIC, make_file
 
 PATH = f"/v1/chats/{CHAT_ID}/attachments"
 
@@ -87,7 +87,7 @@ async def test_a_spooled_put_is_retried_after_a_reset(
 ) -> None:
     client = await make_gateway(GATEWAY_SPOOL_DIR=tmp_path)
     simulator.faults.update({"reset_put_after_bytes": 300_000})
-    data = b"\x89PNG\r\n\x1a\n" + os.urandom(2_000_000)
+    data = PNG_MAGIC + os.urandom(2_000_000)
     status, answer = await send_chunked(client, data)
     assert status == 201, answer
     puts = simulator.state.requests_to("PUT")
