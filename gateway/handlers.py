@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -254,6 +255,14 @@ async def attachment_content(request: web.Request) -> web.StreamResponse:
     return response
 
 
+OPENAPI_DOCUMENT = (Path(__file__).parent / "openapi.json").read_bytes()
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """GET /openapi.json: this API, described (kept in sync with the routes by a test)."""
+    return web.Response(body=OPENAPI_DOCUMENT, content_type="application/json")
+
+
 def add_routes(app: web.Application) -> None:
     """Each resource is named: the name is the `route` label of metrics and logs."""
     router = app.router
@@ -272,3 +281,4 @@ def add_routes(app: web.Application) -> None:
     router.add_resource(
         "/v1/attachments/{attachment_id}/content", name="attachment_content"
     ).add_route("GET", attachment_content)
+    router.add_resource("/openapi.json", name="openapi").add_route("GET", openapi)
