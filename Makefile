@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest clean
+.PHONY: run test system-deps lint typecheck pytest monitoring clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ run: $(STAMP)
 	$(BIN)/chert-gateway serve --simulate
 
 ## test: lint, type-check and run the whole test suite
-test: lint typecheck pytest
+test: system-deps lint typecheck pytest
+
+## system-deps: the Debian packages the tests use (curl, prometheus/promtool)
+system-deps:
+	@scripts/system-deps.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -30,6 +34,10 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+## monitoring: re-render k8s/monitoring/ from monitoring/ (dashboard, alerts)
+monitoring: $(STAMP)
+	$(BIN)/python monitoring/render.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

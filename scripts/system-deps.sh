@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Debian packages the test suite uses as real peers and linters:
+#   curl        a real HTTP client
+#   prometheus  a real Prometheus, and promtool (checks metrics and rules)
+# In CI (CI=true) a package that cannot be installed fails the run; on a
+# developer's machine without root it is a warning, and the tests that need
+# it skip.
+set -euo pipefail
+
+need=()
+command -v curl >/dev/null || need+=(curl)
+{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
+[ ${#need[@]} -eq 0 ] && exit 0
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+echo "installing Debian packages: ${need[*]}"
+if command -v apt-get >/dev/null \
+    && $sudo apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; then
+    exit 0
+fi
+if [ "${CI:-}" = "true" ]; then
+    echo "could not install ${need[*]}, which CI requires" >&2
+    exit 1
+fi
+echo "warning: could not install ${need[*]}; the tests that need them will skip" >&2
