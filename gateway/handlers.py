@@ -123,7 +123,7 @@ async def send_file(request: web.Request) -> web.Response:
 
 
 async def upload_only(request: web.Request) -> web.Response:
-    """POST /v1/attachments: the file goes to Chert; no message is sent."""
+    """POST|PUT /v1/attachments: the file goes to Chert; no message is sent."""
     settings = request.app[SETTINGS]
     given_key = intake.idempotency_key(request)
     meta = intake.file_meta(request)
@@ -269,9 +269,9 @@ def add_routes(app: web.Application) -> None:
     send = router.add_resource("/v1/chats/{chat_id}/attachments", name="send_file")
     for method in ("POST", "PUT"):
         send.add_route(method, send_file, expect_handler=intake.defer_continue)
-    router.add_resource("/v1/attachments", name="upload").add_route(
-        "POST", upload_only, expect_handler=intake.defer_continue
-    )
+    upload = router.add_resource("/v1/attachments", name="upload")
+    for method in ("POST", "PUT"):
+        upload.add_route(method, upload_only, expect_handler=intake.defer_continue)
     router.add_resource("/v1/chats/{chat_id}/messages", name="send_message").add_route(
         "POST", send_message, expect_handler=intake.defer_continue
     )

@@ -63,3 +63,10 @@ async def test_sent_file_can_be_read_back(gateway: TestClient[Any, Any]) -> None
     assert status == 201
     response = await gateway.get(f"/v1/attachments/{answer['attachment_id']}/content")
     assert await response.read() == body
+
+
+async def test_upload_only_takes_put_like_curl_t(gateway: TestClient[Any, Any]) -> None:
+    response = await gateway.put(
+        "/v1/attachments", data=io.BytesIO(png_bytes(1000)), headers={"Content-Type": "image/png"}
+    )
+    assert response.status == 201
