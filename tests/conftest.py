@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,7 +80,10 @@ async def gateway(make_gateway: GatewayFactory) -> TestClient[web.Request, web.A
 
 def require_tool(name: str) -> str:
     """The path of an external tool; in CI its absence fails the test, never skips it."""
-    path = shutil.which(name)
+    # Tools installed with the test extras live beside this Python, which
+    # need not be on PATH (`make test` runs .venv/bin/pytest directly).
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    path = shutil.which(name, path=search)
     if path is None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{name} is required in CI but is not installed")

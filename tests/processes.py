@@ -15,9 +15,31 @@ START_TIMEOUT_S = 20
 
 
 class GatewayProcess:
-    """`python -m gateway serve` with the given environment, listening on port 0."""
+    """`python -m gateway serve` with the given environment, listening on port 0.
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    `command` replaces `python -m gateway serve --log-format json` (its log
+    must still be JSON lines); `cwd` and `user` (a uid, via setpriv when we
+    are root) run it the way a container would.
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        *args: str,
+        command: list[str] | None = None,
+        cwd: Path | None = None,
+        user: int | None = None,
+    ) -> None:
+        self.command = command or [sys.executable, "-m", "gateway", "serve", "--log-format", "json"]
+        if user is not None and os.getuid() == 0:
+            self.command = [
+                "setpriv",
+                f"--reuid={user}",
+                f"--regid={user}",
+                "--clear-groups",
+                *self.command,
+            ]
+        self.cwd = cwd
         self.env = {
             **os.environ,
             "GATEWAY_LISTEN": "127.0.0.1:0",
@@ -50,13 +72,9 @@ class GatewayProcess:
 
     async def __aenter__(self) -> GatewayProcess:
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--log-format",
-            "json",
+            *self.command,
             *self.args,
+            cwd=self.cwd,
             env=self.env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
