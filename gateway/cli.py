@@ -1,4 +1,4 @@
-"""`chert-gateway serve | simulate`: the command line.
+"""`chert-gateway serve | simulate | send | demo`: the command line.
 
 Every `serve` flag is a setting of `config.OPTIONS`; a flag overrides its
 environment variable, and both go through the same validation.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import __version__, logs
+from gateway import __version__, caller_cli, logs
 from gateway.config import OPTIONS, ConfigError, Settings, parse_listen
 from gateway.server import RUNNER_OPTIONS, Running, serve, start_site
 from gateway.simulator import ChertSimulator
@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         help="hash uploads but store nothing (benchmarks); /content then answers 404",
     )
     _add_log_format(sim_cmd)
+    caller_cli.add_commands(commands)
     return parser
 
 
@@ -160,4 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
-    return _simulate(args)
+    if args.command == "simulate":
+        return _simulate(args)
+    result: int = args.run(args)
+    return result

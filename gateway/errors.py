@@ -45,6 +45,8 @@ class GatewayError(Exception):
         self.message = message
         self.chert_code = chert_code
         self.retry_after = retry_after
+        # Set on errors a client rebuilt from an answer (see from_answer).
+        self.request_id: str | None = None
         if retryable is not None:
             # An instance may know better than its class: a broken streamed
             # PUT is an upstream_error the caller can safely send again.
@@ -137,3 +139,32 @@ class UpstreamTimeoutError(GatewayError):
     code = "upstream_timeout"
     status = 504
     retryable = True
+
+
+def _tree(cls: type[GatewayError]) -> list[type[GatewayError]]:
+    found: list[type[GatewayError]] = [cls]
+    for sub in cls.__subclasses__():
+        found += _tree(sub)
+    return found
+
+
+# code → class, so a client can raise the very error the gateway answered with.
+ERRORS_BY_CODE: dict[str, type[GatewayError]] = {cls.code: cls for cls in _tree(GatewayError)}
+
+
+def from_answer(status: int, body: Any, retry_after: str | None = None) -> GatewayError:
+    """The gateway's JSON error body (or whatever came instead) as an exception."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        exc = GatewayError(f"HTTP {status} without the gateway's error body")
+        exc.status = status  # type: ignore[misc]
+        return exc
+    cls = ERRORS_BY_CODE.get(str(error.get("code")), GatewayError)
+    exc = cls(
+        str(error.get("message", "")),
+        chert_code=error.get("chert_code"),
+        retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+        retryable=bool(error.get("retryable", cls.retryable)),
+    )
+    exc.request_id = error.get("request_id")
+    return exc

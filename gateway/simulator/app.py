@@ -171,7 +171,7 @@ class ChertSimulator:
         record = request[RECORD_KEY]
         record.body_bytes, record.body_complete = len(raw), True
         try:
-            body = orjson.loads(raw)
+            body = record.json = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise ChertError(400, INVALID, "request body is not valid JSON") from None
         if not isinstance(body, dict):

@@ -33,6 +33,7 @@ class RecordedRequest:
     body_bytes: int = 0
     body_complete: bool = False
     status: int | None = None
+    json: Any = None  # the parsed body of JSON calls
 
     def header(self, name: str) -> str | None:
         wanted = name.lower()

@@ -1,0 +1,165 @@
+"""The caller's side: `chert-gateway send` as a subprocess, `demo`, and the
+Python client, against a gateway and the simulator on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.client import BlockingGatewayClient, GatewayClient, GatewayUnreachableError
+from gateway.errors import PayloadTooLargeError, UnsupportedMediaTypeError
+from gateway.simulator import ChertSimulator
+from tests.conftest import CHAT_ID, GatewayFactory
+from tests.samples import sample
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *args,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def write(tmp_path: Path, name: str, content_type: str, size: int) -> Path:
+    path = tmp_path / name
+    path.write_bytes(sample(content_type, size))
+    return path
+
+
+async def test_send_one_file(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator, tmp_path: Path
+) -> None:
+    photo = write(tmp_path, "photo.jpg", "image/jpeg", 300_000)
+    code, out, err = await run_cli(
+        "send", str(photo), "--chat", CHAT_ID, "--text", "Look",
+        "--gateway", str(gateway.make_url("")).rstrip("/"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "sent photo.jpg" in out
+    (put,) = simulator.state.requests_to("PUT")
+    assert put.header("Content-Length") == "300000"
+    assert simulator.state.messages[0]["parts"][0] == {"type": "text", "value": "Look"}
+
+
+async def test_send_several_files_as_one_message_with_json_output(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator, tmp_path: Path
+) -> None:
+    files = [write(tmp_path, f"{n}.png", "image/png", 50_000) for n in ("a", "b", "c")]
+    code, out, err = await run_cli(
+        "send", *map(str, files), "--chat", CHAT_ID, "--json",
+        "--gateway", str(gateway.make_url("")).rstrip("/"),
+    )  # fmt: skip
+    assert code == 0, err
+    answer = orjson.loads(out)
+    assert [a["filename"] for a in answer["attachments"]] == ["a.png", "b.png", "c.png"]
+    (body,) = simulator.state.send_bodies
+    assert body["parallel_attachments"] is True
+
+
+async def test_send_reports_415_and_413_with_a_failing_status(
+    make_gateway: GatewayFactory, simulator: ChertSimulator, tmp_path: Path
+) -> None:
+    client = await make_gateway(GATEWAY_MAX_UPLOAD_BYTES=100_000)
+    url = str(client.make_url("")).rstrip("/")
+    text = tmp_path / "notes.txt"
+    text.write_text("not media")
+    code, _, err = await run_cli("send", str(text), "--chat", CHAT_ID, "--gateway", url)
+    assert code != 0
+    assert "unsupported_media_type (HTTP 415)" in err
+    big = write(tmp_path, "big.png", "image/png", 200_000)
+    code, out, _ = await run_cli("send", str(big), "--chat", CHAT_ID, "--gateway", url, "--json")
+    assert code != 0
+    assert orjson.loads(out)["error"]["code"] == "payload_too_large"
+    assert simulator.state.requests == []
+
+
+async def test_send_retries_a_503_with_one_idempotency_key(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator, tmp_path: Path
+) -> None:
+    # The gateway's own 4 attempts all meet 3002 → it answers 503 with
+    # Retry-After; the command waits and sends again, and Chert has recovered.
+    simulator.faults.update({"fail_sends": 4, "fail_send_code": 3002, "retry_after_seconds": 0})
+    photo = write(tmp_path, "photo.png", "image/png", 20_000)
+    code, out, err = await run_cli(
+        "send", str(photo), "--chat", CHAT_ID, "--json",
+        "--gateway", str(gateway.make_url("")).rstrip("/"),
+    )  # fmt: skip
+    assert code == 0, err
+    attempts = simulator.state.requests_to("POST", "/messages")
+    assert len(attempts) == 5  # 4 by the gateway for the first request, 1 for the retry
+    assert len({a.json["message"]["idempotency_key"] for a in attempts}) == 1
+    assert len(simulator.state.messages) == 1
+    assert orjson.loads(out)["message"]["id"] == simulator.state.messages[0]["id"]
+
+
+async def test_send_to_nowhere_fails_cleanly(tmp_path: Path) -> None:
+    photo = write(tmp_path, "photo.png", "image/png", 1000)
+    code, _, err = await run_cli(
+        "send", str(photo), "--chat", CHAT_ID, "--gateway", "http://127.0.0.1:9"
+    )
+    assert code != 0
+    assert "gateway_unreachable" in err
+
+
+async def test_demo_reports_what_happened() -> None:
+    code, out, err = await run_cli("demo", "--size-mb", "3")
+    assert code == 0, err
+    for needle in (
+        "Chert attachment id",
+        "Chert message id",
+        "3,145,728 bytes",
+        "throughput",
+        "peak memory",
+        'chert_gateway_requests_total{outcome="sent",route="send_file"} 1.0',
+    ):
+        assert needle in out
+
+
+async def test_the_python_client_streams_and_raises_typed_errors(
+    make_gateway: GatewayFactory, simulator: ChertSimulator, tmp_path: Path
+) -> None:
+    gateway = await make_gateway(GATEWAY_MAX_UPLOAD_BYTES=500_000)
+    url = str(gateway.make_url("")).rstrip("/")
+    photo = write(tmp_path, "photo.heic", "image/heic", 100_000)
+    sent: list[int] = []
+    async with GatewayClient(url) as client:
+        answer = await client.send_file(photo, CHAT_ID, text="hi", progress=sent.append)
+        assert answer["content_type"] == "image/heic"
+        assert sum(sent) == 100_000
+        uploaded = await client.upload(photo)
+        assert uploaded["expires_at"]
+        with pytest.raises(PayloadTooLargeError) as too_big:
+            await client.send_file(write(tmp_path, "big.png", "image/png", 600_000), CHAT_ID)
+        assert too_big.value.status == 413
+        assert too_big.value.request_id
+        with pytest.raises(UnsupportedMediaTypeError):
+            await client.send_file(tmp_path / "photo.heic", CHAT_ID, content_type="text/plain")
+    async with GatewayClient("http://127.0.0.1:9", attempts=2) as nowhere:
+        with pytest.raises(GatewayUnreachableError):
+            await nowhere.send_file(photo, CHAT_ID)
+
+
+async def test_the_blocking_client_in_three_lines(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator, tmp_path: Path
+) -> None:
+    photo = write(tmp_path, "photo.png", "image/png", 10_000)
+    url = str(gateway.make_url("")).rstrip("/")
+
+    def blocking_caller() -> dict[str, Any]:
+        client = BlockingGatewayClient(url)
+        return client.send_file(photo, CHAT_ID, text="sync")
+
+    # A thread, as blocking code would run; the test's loop keeps serving meanwhile.
+    answer = await asyncio.to_thread(blocking_caller)
+    assert answer["message"]["status"] == "sent"
