@@ -1,0 +1,93 @@
+"""Every shell example in the README, run as written against what `make run`
+starts (`chert-gateway serve --simulate`), in a directory holding the files
+the examples name. Only the port differs (the test listens on port 0), and
+`ATTACHMENT_ID=…` takes the id the upload before it answered, as a reader
+would fill it in."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tests.conftest import require_tool
+from tests.processes import GatewayProcess
+from tests.samples import sample
+
+ROOT = Path(__file__).resolve().parent.parent
+README_GATEWAY = "http://127.0.0.1:8080"
+FILES = {
+    "invoice.pdf": "application/pdf",
+    "clip.mp4": "video/mp4",
+    "one.jpg": "image/jpeg",
+    "two.jpg": "image/jpeg",
+    "three.jpg": "image/jpeg",
+}
+
+
+def readme_commands() -> list[str]:
+    """Shell commands of the README's ```sh blocks, continuation lines joined."""
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    commands = []
+    for block in blocks:
+        for command in block.replace("\\\n", " ").splitlines():
+            if command.strip() and not command.startswith("make "):
+                commands.append(command.strip())
+    return commands
+
+
+def test_the_readme_has_an_example_for_every_way_in() -> None:
+    joined = "\n".join(readme_commands())
+    for needle in (
+        "/attachments?",  # single file
+        "Transfer-Encoding: chunked",
+        "-F photo=@one.jpg",  # a form with several images
+        "/messages",  # JSON
+        "/v1/attachments?",  # upload only
+        "/content",  # download
+        "chert-gateway send",
+    ):
+        assert needle in joined, needle
+
+
+async def run(command: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", command, env=env, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_every_readme_example_works_against_make_run(tmp_path: Path) -> None:
+    require_tool("curl")
+    for name, content_type in FILES.items():
+        (tmp_path / name).write_bytes(sample(content_type, 200_000))
+    async with GatewayProcess({}, "--simulate") as gateway:
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "CHERT_GATEWAY_URL": gateway.api,
+        }
+        last_answer: dict[str, Any] = {}
+        for command in readme_commands():
+            if match := re.fullmatch(r"(\w+)=(\S+)(\s+#.*)?", command):
+                name, value = match[1], match[2]
+                env[name] = last_answer["attachment_id"] if value == "…" else value
+                continue
+            code, out, err = await run(command.replace(README_GATEWAY, gateway.api), env, tmp_path)
+            assert code == 0, (command, err)
+            if out.strip().startswith("{"):
+                answer = orjson.loads(out)
+                assert "error" not in answer, (command, answer)
+                last_answer = answer
+            elif "-o " not in command:
+                assert "sent " in out, (command, out)  # chert-gateway send, for a person
+    copy = tmp_path / "copy.pdf"
+    assert copy.read_bytes() == (tmp_path / "invoice.pdf").read_bytes()
