@@ -68,3 +68,23 @@ async def test_at_the_in_flight_limit_the_next_upload_gets_503_before_its_body(
     await wait_for(lambda: admission.in_flight == 0)
     status, _, _ = await send(client, png_bytes(100), chat_id=CHAT_ID)
     assert status == 201
+
+
+async def test_a_rotated_signing_secret_file_is_used_without_restart(
+    make_gateway: GatewayFactory, simulator: ChertSimulator, tmp_path: Any
+) -> None:
+    secret_file = tmp_path / "signing-secret"
+    secret_file.write_text(simulator.secret + "\n")
+    client = await make_gateway(CHERT_SIGNING_SECRET="", CHERT_SIGNING_SECRET_FILE=secret_file)
+    status, _, _ = await send(client, png_bytes(100))
+    assert status == 201
+    # Chert rotates; the Secret's file follows (a new inode, as the kubelet swaps it).
+    simulator.secret = "rotated-secret-9d2f"
+    replacement = tmp_path / "signing-secret.new"
+    replacement.write_text("rotated-secret-9d2f\n")
+    replacement.replace(secret_file)
+    await asyncio.sleep(1.1)  # credentials.RECHECK_SECONDS
+    status, answer, _ = await send(client, png_bytes(100))
+    assert status == 201, answer
+    (last_put,) = simulator.state.requests_to("PUT")[-1:]
+    assert last_put.header("Authorization") == "Bearer rotated-secret-9d2f"
