@@ -135,7 +135,7 @@ def describe(answer: dict[str, Any]) -> str:
     for f in files:
         lines.append(
             f"sent {f['filename']} ({f['size_bytes'] / MIB:.2f} MiB, {f['content_type']}) "
-            f"as attachment {f['attachment_id']}, sha256 {f['sha256'][:16]}…"
+            f"as attachment {f['attachment_id']}, sha256 {(f['sha256'] or 'not computed')[:16]}…"
         )
     message = answer.get("message", {})
     timings = answer.get("timings", {})

@@ -116,6 +116,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "GATEWAY_DRAIN_SECONDS", "25", "how long SIGTERM waits for in-flight uploads", "SECONDS"
     ),
+    Option("GATEWAY_SHA256", "true", "compute each upload's SHA-256 for the answer", "BOOL"),
 )
 
 OPTIONS_BY_ENV = {option.env: option for option in OPTIONS}
@@ -136,6 +137,7 @@ class Settings:
     client_tokens: Credential | None
     client_timeout: float
     drain_seconds: float
+    sha256: bool = True
     simulate: bool = False
 
     @classmethod
@@ -184,6 +186,7 @@ class Settings:
             client_tokens=credential("GATEWAY_CLIENT_TOKENS", many=True),
             client_timeout=parse("GATEWAY_CLIENT_TIMEOUT", _positive_float),
             drain_seconds=parse("GATEWAY_DRAIN_SECONDS", _non_negative_float),
+            sha256=parse("GATEWAY_SHA256", _boolean),
             simulate=simulate,
         )
 
@@ -222,6 +225,15 @@ def _positive_float(raw: str) -> float:
     if value == 0:
         raise ValueError("must be greater than 0")
     return value
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
 
 
 def _base_url(raw: str) -> URL:

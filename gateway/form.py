@@ -47,6 +47,7 @@ class FormLimits:
     max_upload_bytes: int
     chunk_size: int
     client_timeout: float
+    sha256: bool = True
 
 
 async def read_form(
@@ -88,6 +89,7 @@ async def read_form(
                         limit=limits.max_upload_bytes,
                         chunk_size=limits.chunk_size,
                         client_timeout=limits.client_timeout,
+                        sha256=limits.sha256,
                     )
                 )
                 timings.append(Timings())

@@ -80,7 +80,11 @@ async def _incoming_file(
     await intake.send_continue(request)
     if size is not None:
         body = CallerBody(
-            request.content, size, chunk_size=CHUNK_BYTES, client_timeout=settings.client_timeout
+            request.content,
+            size,
+            chunk_size=CHUNK_BYTES,
+            client_timeout=settings.client_timeout,
+            sha256=settings.sha256,
         )
         intake.check_content(meta, await body.head(media.SNIFF_BYTES))
         yield body
@@ -91,6 +95,7 @@ async def _incoming_file(
         limit=settings.max_upload_bytes,
         chunk_size=CHUNK_BYTES,
         client_timeout=settings.client_timeout,
+        sha256=settings.sha256,
     ) as spooled:
         yield spooled
 
@@ -193,7 +198,9 @@ async def _send_form(request: web.Request, chat_id: str, given_key: str | None) 
                 await request.multipart(),
                 spool=request.app[SPOOL],
                 pipeline=request.app[PIPELINE],
-                limits=FormLimits(settings.max_upload_bytes, CHUNK_BYTES, settings.client_timeout),
+                limits=FormLimits(
+                    settings.max_upload_bytes, CHUNK_BYTES, settings.client_timeout, settings.sha256
+                ),
             )
             timings = Timings()
             message = await request.app[PIPELINE].send(

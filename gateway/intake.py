@@ -169,6 +169,20 @@ async def defer_continue(request: web.Request) -> None:
     """An expect_handler that leaves the decision to the handler (see send_continue)."""
 
 
+class BodyDigest:
+    """The SHA-256 of a body as it passes, or nothing (GATEWAY_SHA256=false)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._hash = hashlib.sha256() if enabled else None
+
+    def update(self, chunk: bytes) -> None:
+        if self._hash is not None:
+            self._hash.update(chunk)
+
+    def hexdigest(self) -> str | None:
+        return self._hash.hexdigest() if self._hash is not None else None
+
+
 class CallerReader:
     """Reads the caller's body, mapping its silences and departures to errors.
 
@@ -219,12 +233,18 @@ class CallerBody:
     replayable = False
 
     def __init__(
-        self, content: StreamReader, size: int, *, chunk_size: int, client_timeout: float
+        self,
+        content: StreamReader,
+        size: int,
+        *,
+        chunk_size: int,
+        client_timeout: float,
+        sha256: bool = True,
     ) -> None:
         self.size = size
         self._reader = CallerReader(content.read, client_timeout=client_timeout)
         self._chunk_size = chunk_size
-        self._hasher = hashlib.sha256()
+        self._hasher = BodyDigest(sha256)
         self._pending = b""  # read ahead by head(), not yet handed on
         self.first_byte_sent_at: float | None = None
 
@@ -241,7 +261,7 @@ class CallerBody:
         return self._reader.failure
 
     @property
-    def sha256(self) -> str:
+    def sha256(self) -> str | None:
         return self._hasher.hexdigest()
 
     async def head(self, n: int) -> bytes:

@@ -31,7 +31,7 @@ class HashedBody(UploadBody, Protocol):
         """The first `n` bytes, without consuming them."""
 
     @property
-    def sha256(self) -> str: ...
+    def sha256(self) -> str | None: ...
 
 
 @dataclass
@@ -50,7 +50,7 @@ class UploadedFile:
     attachment_id: str
     meta: FileMeta
     size_bytes: int
-    sha256: str
+    sha256: str | None  # None when GATEWAY_SHA256 is off
     expires_at: str | None
 
     def to_json(self) -> dict[str, Any]:

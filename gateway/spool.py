@@ -14,7 +14,6 @@ the directory are left alone (the pid is in the name).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
@@ -33,7 +32,7 @@ from gateway.errors import (
     OverloadedError,
     PayloadTooLargeError,
 )
-from gateway.intake import CallerReader, FileMeta, ReadFn, check_content
+from gateway.intake import BodyDigest, CallerReader, FileMeta, ReadFn, check_content
 
 log = logging.getLogger("chert_gateway.spool")
 
@@ -52,7 +51,7 @@ class SpooledBody:
         self,
         source: AsyncBufferedReader,
         size: int,
-        sha256: str,
+        sha256: str | None,
         head: bytes,
         chunk_size: int,
         first_byte_received_at: float | None,
@@ -105,12 +104,18 @@ class Spool:
 
     @asynccontextmanager
     async def receive(
-        self, read: ReadFn, *, limit: int, chunk_size: int, client_timeout: float
+        self,
+        read: ReadFn,
+        *,
+        limit: int,
+        chunk_size: int,
+        client_timeout: float,
+        sha256: bool = True,
     ) -> AsyncIterator[SpooledBody]:
         """Spool the whole body; the file lives as long as the context."""
         path = self.directory / f"{FILE_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
         reader = CallerReader(read, client_timeout=client_timeout)
-        hasher = hashlib.sha256()
+        hasher = BodyDigest(sha256)
         head = b""
         reserved = 0
         try:
@@ -155,10 +160,15 @@ class Spool:
         limit: int,
         chunk_size: int,
         client_timeout: float,
+        sha256: bool = True,
     ) -> AsyncIterator[SpooledBody]:
         """`receive`, then refuse an empty file or one whose bytes contradict its type."""
         async with self.receive(
-            read, limit=limit, chunk_size=chunk_size, client_timeout=client_timeout
+            read,
+            limit=limit,
+            chunk_size=chunk_size,
+            client_timeout=client_timeout,
+            sha256=sha256,
         ) as spooled:
             if spooled.size == 0:
                 raise InvalidRequestError(f"{meta.filename} is empty; send the file's bytes")

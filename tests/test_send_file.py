@@ -419,3 +419,13 @@ async def test_429_is_retried_and_retry_after_is_honoured(
     assert len(simulator.state.requests_to("POST", "/messages")) == 2
     # The retry waited for Retry-After (1 s), not just the sub-second backoff.
     assert answer["timings"]["send_s"] >= 1.0
+
+
+async def test_sha256_can_be_turned_off(
+    make_gateway: GatewayFactory, simulator: ChertSimulator
+) -> None:
+    client = await make_gateway(GATEWAY_SHA256="false")
+    status, answer, _ = await send(client, png_bytes(5000))
+    assert status == 201
+    assert answer["sha256"] is None
+    assert len(simulator.state.messages) == 1
