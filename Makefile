@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test system-deps lint typecheck pytest monitoring clean
+.PHONY: run test system-deps lint typecheck pytest monitoring bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,21 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+## bench: direct vs gateway vs nginx, same run (minutes; not part of `make test`)
+bench: $(BENCH_STAMP)
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || scripts/install-nginx.sh
+	$(BIN)/python benchmarks/bench.py
+
+## bench-quick: the same in under a minute, for use while optimising
+bench-quick: $(BENCH_STAMP)
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || scripts/install-nginx.sh
+	$(BIN)/python benchmarks/bench.py --quick
 
 ## monitoring: re-render k8s/monitoring/ from monitoring/ (dashboard, alerts)
 monitoring: $(STAMP)

@@ -1,0 +1,514 @@
+"""Same-run benchmark: uploading to Chert directly, through the gateway, and
+through nginx, over the same files, alternately, on loopback.
+
+Each party is its own OS process: the Chert simulator (`simulate --discard`:
+it hashes nothing, stores nothing), the gateway as users run it
+(`chert-gateway serve`, once with SHA-256 and once without), Debian's nginx
+in front of the simulator's upload route, and this script as the load
+generator (aiohttp, keep-alive, bodies written in 64 KiB pieces as curl
+writes them).
+
+Paths, run one after another for each workload and round (A, B, C, D, A, …),
+so the machine's drift hits all alike:
+  direct         the three Chert calls, straight to the simulator
+  gateway        one request per file to the gateway (SHA-256 on, the default)
+  gateway-nosha  the same with GATEWAY_SHA256=false
+  nginx          the three calls, the PUT through nginx (request buffering off)
+
+Figures per path and workload: aggregate MB/s, uploads/s, p50/p99 seconds
+per upload, and for the relays (gateway, nginx) peak RSS over idle and CPU
+seconds per GB relayed. Medians over the rounds; ratios are of medians
+measured in this same run.
+
+    python benchmarks/bench.py            # 5 rounds, the full workloads (minutes)
+    python benchmarks/bench.py --quick    # 2 rounds, small workloads (under a minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+KIB, MIB = 1024, 1024 * 1024
+PIECE = 64 * KIB  # what curl writes at a time
+CHAT_ID = "0f2d3c1a-8b4e-4f6a-90d2-1a3b4c5d6e7f"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    count: int
+    size: int
+
+
+FULL = [
+    Workload("1 × 100 MB", 1, 100 * MIB),
+    Workload("10 × 10 MB", 10, 10 * MIB),
+    Workload("50 × 1 MB", 50, MIB),
+    Workload("200 × 64 KB", 200, 64 * KIB),
+]
+QUICK = [
+    Workload("1 × 20 MB", 1, 20 * MIB),
+    Workload("10 × 2 MB", 10, 2 * MIB),
+    Workload("50 × 256 KB", 50, 256 * KIB),
+    Workload("200 × 64 KB", 200, 64 * KIB),
+]
+PATHS = ["direct", "gateway", "gateway-nosha", "nginx"]
+
+
+@dataclass
+class Run:
+    seconds: float
+    per_upload: list[float]
+    bytes: int
+    uploads: int
+    peak_rss_over_idle: int | None = None
+    cpu_seconds: float | None = None
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / MIB / self.seconds
+
+    @property
+    def uploads_per_s(self) -> float:
+        return self.uploads / self.seconds
+
+    @property
+    def cpu_per_gb(self) -> float | None:
+        return None if self.cpu_seconds is None else self.cpu_seconds / (self.bytes / 1e9)
+
+
+@dataclass
+class Results:
+    runs: dict[str, dict[str, list[Run]]] = field(default_factory=dict)
+
+    def add(self, path: str, workload: str, run: Run) -> None:
+        self.runs.setdefault(workload, {}).setdefault(path, []).append(run)
+
+
+# -- the processes ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        command,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def wait_listening(port: int, within: float = 20) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+NGINX_CONF = """
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    upstream chert {{ server 127.0.0.1:{upstream}; keepalive 256; }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 200m;
+        # The fair setting: nginx's default 16 KiB body buffer is slow.
+        client_body_buffer_size 1m;
+        proxy_request_buffering off;
+        proxy_buffering off;
+        location / {{
+            proxy_pass http://chert;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+        }}
+    }}
+}}
+"""
+
+
+class Fleet:
+    """The simulator, two gateways and nginx, each its own process."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.secret = secrets.token_urlsafe(16)
+        self.ports = {
+            name: free_port() for name in ("chert", "gw", "gw-ops", "nosha", "nosha-ops", "nginx")
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    async def __aenter__(self) -> Fleet:
+        gateway = str(Path(sys.executable).parent / "chert-gateway")
+        p = self.ports
+        self.procs["chert"] = start(
+            [gateway, "simulate", "--port", str(p["chert"]), "--secret", self.secret, "--discard"]
+        )
+        common = {
+            "CHERT_API_URL": f"http://127.0.0.1:{p['chert']}",
+            "CHERT_SIGNING_SECRET": self.secret,
+            "GATEWAY_MAX_IN_FLIGHT": "1000",
+            "GATEWAY_SPOOL_DIR": str(self.tmp),
+        }
+        for name, sha in (("gw", "true"), ("nosha", "false")):
+            self.procs[name] = start(
+                [gateway, "serve", "--log-format", "json"],
+                {
+                    **common,
+                    "GATEWAY_LISTEN": f"127.0.0.1:{p[name]}",
+                    "GATEWAY_OPS_LISTEN": f"127.0.0.1:{p[name + '-ops']}",
+                    "GATEWAY_SHA256": sha,
+                },
+            )
+        nginx_dir = self.tmp / "nginx"
+        nginx_dir.mkdir(mode=0o777)
+        nginx_dir.chmod(0o777)
+        conf = nginx_dir / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=nginx_dir, upstream=p["chert"], port=p["nginx"]))
+        self.procs["nginx"] = start(
+            [nginx_binary(), "-c", str(conf), "-p", str(nginx_dir), "-g", "daemon off;"]
+        )
+        for name in ("chert", "gw", "nosha", "nginx"):
+            await wait_listening(p[name])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def relay_pids(self, path: str) -> list[int]:
+        """The processes whose memory and CPU count for a path."""
+        if path == "gateway":
+            return [self.procs["gw"].pid]
+        if path == "gateway-nosha":
+            return [self.procs["nosha"].pid]
+        if path == "nginx":
+            master = self.procs["nginx"].pid
+            return [master, *children(master)]
+        return []
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if found is None:
+        raise SystemExit("nginx is not installed: `make bench` installs it (Debian's nginx-light)")
+    return found
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+def status_kib(pid: int, name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_peak(pids: list[int]) -> int:
+    """Reset VmHWM (clear_refs 5) and return the current RSS, in bytes."""
+    rss = 0
+    for pid in pids:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        rss += status_kib(pid, "VmRSS") * KIB
+    return rss
+
+
+def peak(pids: list[int]) -> int:
+    return sum(status_kib(pid, "VmHWM") * KIB for pid in pids)
+
+
+# -- the load generator ---------------------------------------------------------------------
+
+
+async def pieces(data: memoryview) -> AsyncIterator[memoryview]:
+    for start_at in range(0, len(data), PIECE):
+        yield data[start_at : start_at + PIECE]
+
+
+class LoadGenerator:
+    def __init__(self, http: aiohttp.ClientSession, fleet: Fleet) -> None:
+        self.http, self.fleet = http, fleet
+        p = fleet.ports
+        self.chert = f"http://127.0.0.1:{p['chert']}"
+        self.auth = {"Authorization": f"Bearer {fleet.secret}"}
+        self.gateways = {
+            "gateway": f"http://127.0.0.1:{p['gw']}",
+            "gateway-nosha": f"http://127.0.0.1:{p['nosha']}",
+        }
+        self.nginx = URL(f"http://127.0.0.1:{p['nginx']}")
+
+    async def upload(self, path: str, data: memoryview) -> float:
+        started = time.perf_counter()
+        if path in self.gateways:
+            await self._through_gateway(self.gateways[path], data)
+        else:
+            await self._three_calls(data, via_nginx=path == "nginx")
+        return time.perf_counter() - started
+
+    async def _through_gateway(self, base: str, data: memoryview) -> None:
+        headers = {"Content-Type": "image/png", "Content-Length": str(len(data))}
+        url = f"{base}/v1/chats/{CHAT_ID}/attachments"
+        async with self.http.put(url, data=pieces(data), headers=headers) as response:
+            body = await response.read()
+            if response.status != 201:
+                raise RuntimeError(f"gateway answered {response.status}: {body[:300]!r}")
+
+    async def _three_calls(self, data: memoryview, via_nginx: bool) -> None:
+        slot_body = {"filename": "a.png", "content_type": "image/png", "size_bytes": len(data)}
+        async with self.http.post(
+            f"{self.chert}/api/v1/attachments", json=slot_body, headers=self.auth
+        ) as response:
+            slot = await response.json()
+        upload_url = URL(slot["upload_url"])
+        if via_nginx:
+            upload_url = self.nginx.with_path(upload_url.path)
+        headers = {**self.auth, "Content-Type": "image/png", "Content-Length": str(len(data))}
+        async with self.http.put(upload_url, data=pieces(data), headers=headers) as response:
+            if response.status != 200:
+                raise RuntimeError(f"PUT answered {response.status}: {await response.text()}")
+            await response.read()
+        message = {
+            "message": {"parts": [{"type": "media", "attachment_id": slot["attachment_id"]}]}
+        }
+        async with self.http.post(
+            f"{self.chert}/api/v1/chats/{CHAT_ID}/messages", json=message, headers=self.auth
+        ) as response:
+            if response.status != 200:
+                raise RuntimeError(f"send answered {response.status}: {await response.text()}")
+            await response.read()
+
+    async def run(self, path: str, workload: Workload, data: memoryview) -> Run:
+        pids = self.fleet.relay_pids(path)
+        idle_rss = reset_peak(pids) if pids else None
+        cpu_before = cpu_seconds(pids) if pids else None
+        started = time.perf_counter()
+        times = await asyncio.gather(*(self.upload(path, data) for _ in range(workload.count)))
+        elapsed = time.perf_counter() - started
+        return Run(
+            seconds=elapsed,
+            per_upload=sorted(times),
+            bytes=workload.size * workload.count,
+            uploads=workload.count,
+            peak_rss_over_idle=(peak(pids) - idle_rss) if idle_rss is not None else None,
+            cpu_seconds=(cpu_seconds(pids) - cpu_before) if cpu_before is not None else None,
+        )
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarize(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for workload, by_path in results.runs.items():
+        summary[workload] = {}
+        for path, runs in by_path.items():
+            uploads = [t for run in runs for t in run.per_upload]
+            rss = [r.peak_rss_over_idle for r in runs if r.peak_rss_over_idle is not None]
+            cpu = [r.cpu_per_gb for r in runs if r.cpu_per_gb is not None]
+            summary[workload][path] = {
+                "mb_per_s": median([r.mb_per_s for r in runs]),
+                "uploads_per_s": median([r.uploads_per_s for r in runs]),
+                "p50_s": percentile(uploads, 0.5),
+                "p99_s": percentile(uploads, 0.99),
+                "peak_rss_over_idle_mib": max(rss) / MIB if rss else None,
+                "cpu_s_per_gb": median(cpu) if cpu else None,
+                "rounds": len(runs),
+            }
+    return summary
+
+
+def table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
+    def fmt(value: Any, spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
+    lines = [
+        "| workload | path | MB/s | uploads/s | p50 s | p99 s | peak RSS over idle | CPU s/GB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for workload, by_path in summary.items():
+        for path, s in by_path.items():
+            rss = (
+                "–"
+                if s["peak_rss_over_idle_mib"] is None
+                else f"{s['peak_rss_over_idle_mib']:.1f} MiB"
+            )
+            lines.append(
+                f"| {workload} | {path} | {s['mb_per_s']:.0f} | {s['uploads_per_s']:.1f} | "
+                f"{s['p50_s']:.3f} | {s['p99_s']:.3f} | {rss} | {fmt(s['cpu_s_per_gb'], '.2f')} |"
+            )
+    lines += [
+        "",
+        "| workload | measure | gateway / direct | gateway / nginx | no-SHA gateway / nginx |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for workload, by_path in summary.items():
+        small = "64 KB" in workload
+        key = "uploads_per_s" if small else "mb_per_s"
+        g, n, d = by_path["gateway"][key], by_path["nginx"][key], by_path["direct"][key]
+        ns = by_path["gateway-nosha"][key]
+        measure = "uploads/s" if small else "MB/s"
+        lines.append(f"| {workload} | {measure} | {g / d:.2f} | {g / n:.2f} | {ns / n:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, dict[str, dict[str, Any]]], target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = list(summary)
+    fig, axes = plt.subplots(1, len(workloads), figsize=(4 * len(workloads), 4))
+    for ax, workload in zip(axes, workloads, strict=True):
+        small = "64 KB" in workload
+        key, unit = ("uploads_per_s", "uploads/s") if small else ("mb_per_s", "MB/s")
+        values = [summary[workload][p][key] for p in PATHS]
+        bars = ax.bar(PATHS, values, color=["#999999", "#2b6cb0", "#63b3ed", "#38a169"])
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+        ax.set_title(workload)
+        ax.set_ylabel(unit)
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle("chert-gateway vs direct upload vs nginx (medians, same run, loopback)")
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "nginx": subprocess.run(
+            [nginx_binary(), "-v"], capture_output=True, text=True
+        ).stderr.strip(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3),
+    }
+
+
+async def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="2 rounds of small workloads")
+    parser.add_argument("--rounds", type=int, help="default 5 (2 with --quick)")
+    args = parser.parse_args(argv)
+    workloads = QUICK if args.quick else FULL
+    rounds = args.rounds or (2 if args.quick else 5)
+    results = Results()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="chert-bench-") as tmp:
+        async with Fleet(Path(tmp)) as fleet:
+            connector = aiohttp.TCPConnector(limit=0, force_close=False)
+            async with aiohttp.ClientSession(connector=connector) as http:
+                load = LoadGenerator(http, fleet)
+                for workload in workloads:
+                    data = memoryview(PNG_MAGIC + os.urandom(workload.size - len(PNG_MAGIC)))
+                    for path in PATHS:  # warm every path's connections and code
+                        await load.run(
+                            path, Workload("warm-up", min(workload.count, 10), workload.size), data
+                        )
+                    for round_number in range(rounds):
+                        # Rotate the order each round: drift and warmth hit all paths alike.
+                        order = (
+                            PATHS[round_number % len(PATHS) :] + PATHS[: round_number % len(PATHS)]
+                        )
+                        for path in order:
+                            results.add(path, workload.name, await load.run(path, workload, data))
+                    print(f"done: {workload.name}", file=sys.stderr)
+    summary = summarize(results)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    report = {
+        "when": stamp,
+        "mode": "quick" if args.quick else "full",
+        "rounds": rounds,
+        "machine": machine(),
+        "summary": summary,
+        "runs": {
+            w: {p: [asdict(r) for r in runs] for p, runs in by.items()}
+            for w, by in results.runs.items()
+        },
+    }
+    name = "quick" if args.quick else "full"
+    (RESULTS / f"{name}-latest.json").write_text(json.dumps(report, indent=2))
+    plot(summary, RESULTS / f"{name}-latest.png")
+    print(table(summary))
+    print(f"\nwritten: {RESULTS / (name + '-latest.json')}, {RESULTS / (name + '-latest.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main(sys.argv[1:])))
