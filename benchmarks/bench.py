@@ -169,8 +169,9 @@ http {{
 class Fleet:
     """The simulator, two gateways and nginx, each its own process."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, gateway_env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
+        self.gateway_env = gateway_env or {}
         self.secret = secrets.token_urlsafe(16)
         self.ports = {
             name: free_port() for name in ("chert", "gw", "gw-ops", "nosha", "nosha-ops", "nginx")
@@ -188,6 +189,7 @@ class Fleet:
             "CHERT_SIGNING_SECRET": self.secret,
             "GATEWAY_MAX_IN_FLIGHT": "1000",
             "GATEWAY_SPOOL_DIR": str(self.tmp),
+            **self.gateway_env,
         }
         for name, sha in (("gw", "true"), ("nosha", "false")):
             self.procs[name] = start(
@@ -465,13 +467,21 @@ async def main(argv: list[str]) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="2 rounds of small workloads")
     parser.add_argument("--rounds", type=int, help="default 5 (2 with --quick)")
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for both gateways (to measure a lever)",
+    )
     args = parser.parse_args(argv)
     workloads = QUICK if args.quick else FULL
     rounds = args.rounds or (2 if args.quick else 5)
     results = Results()
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="chert-bench-") as tmp:
-        async with Fleet(Path(tmp)) as fleet:
+        extra = dict(item.split("=", 1) for item in args.gateway_env)
+        async with Fleet(Path(tmp), extra) as fleet:
             connector = aiohttp.TCPConnector(limit=0, force_close=False)
             async with aiohttp.ClientSession(connector=connector) as http:
                 load = LoadGenerator(http, fleet)
@@ -496,6 +506,7 @@ async def main(argv: list[str]) -> int:
         "mode": "quick" if args.quick else "full",
         "rounds": rounds,
         "machine": machine(),
+        "gateway_env": dict(item.split("=", 1) for item in args.gateway_env),
         "summary": summary,
         "runs": {
             w: {p: [asdict(r) for r in runs] for p, runs in by.items()}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import __version__, caller_cli, logs
+from gateway import __version__, caller_cli, logs, tuning
 from gateway.config import OPTIONS, ConfigError, Settings, parse_listen
 from gateway.server import RUNNER_OPTIONS, Running, serve, start_site
 from gateway.simulator import ChertSimulator
@@ -129,6 +129,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"chert-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     _configure_logs(args)
+    tuning.tune_malloc()
 
     def announce(running: Running) -> None:
         print(_banner(running), file=sys.stderr, flush=True)

@@ -1,0 +1,23 @@
+"""The malloc tuning takes effect in a real process, and yields to the operator."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+SNIPPET = "from gateway import tuning; print(tuning.tune_malloc())"
+
+
+def run(env: dict[str, str]) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", SNIPPET], env=env, capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
+def test_applied_on_glibc() -> None:
+    assert run({"PATH": "/usr/bin:/bin"}) == "True"
+
+
+def test_an_operators_malloc_settings_win() -> None:
+    assert run({"PATH": "/usr/bin:/bin", "MALLOC_ARENA_MAX": "2"}) == "False"
