@@ -134,7 +134,8 @@ def _serve(args: argparse.Namespace) -> int:
     def announce(running: Running) -> None:
         print(_banner(running), file=sys.stderr, flush=True)
 
-    asyncio.run(serve(settings, on_ready=announce))
+    with asyncio.Runner(loop_factory=tuning.event_loop_factory(settings.event_loop)) as runner:
+        runner.run(serve(settings, on_ready=announce))
     return 0
 
 

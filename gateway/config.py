@@ -117,6 +117,12 @@ OPTIONS: tuple[Option, ...] = (
         "GATEWAY_DRAIN_SECONDS", "25", "how long SIGTERM waits for in-flight uploads", "SECONDS"
     ),
     Option("GATEWAY_SHA256", "true", "compute each upload's SHA-256 for the answer", "BOOL"),
+    Option(
+        "GATEWAY_EVENT_LOOP",
+        "auto",
+        "auto (uvloop when installed: pip install 'chert-gateway[fast]'), uvloop or asyncio",
+        "LOOP",
+    ),
 )
 
 OPTIONS_BY_ENV = {option.env: option for option in OPTIONS}
@@ -138,6 +144,7 @@ class Settings:
     client_timeout: float
     drain_seconds: float
     sha256: bool = True
+    event_loop: str = "auto"
     simulate: bool = False
 
     @classmethod
@@ -187,6 +194,7 @@ class Settings:
             client_timeout=parse("GATEWAY_CLIENT_TIMEOUT", _positive_float),
             drain_seconds=parse("GATEWAY_DRAIN_SECONDS", _non_negative_float),
             sha256=parse("GATEWAY_SHA256", _boolean),
+            event_loop=parse("GATEWAY_EVENT_LOOP", _event_loop),
             simulate=simulate,
         )
 
@@ -234,6 +242,18 @@ def _boolean(raw: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _event_loop(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("auto", "uvloop", "asyncio"):
+        raise ValueError(f"expected auto, uvloop or asyncio, got {raw!r}")
+    if value == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise ValueError("uvloop is not installed: pip install 'chert-gateway[fast]'") from None
+    return value
 
 
 def _base_url(raw: str) -> URL:

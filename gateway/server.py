@@ -64,9 +64,8 @@ async def start_site(runner: web.AppRunner, address: ListenAddress) -> str:
         return f"unix:{address.path}"
     site = web.TCPSite(runner, address.host, address.port)
     await site.start()
-    server = site._server  # aiohttp exposes the bound sockets only here
-    assert isinstance(server, asyncio.Server)
-    host, port = server.sockets[0].getsockname()[:2]
+    # Each runner here has one site: its bound address is the last one.
+    host, port = runner.addresses[-1][:2]
     return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
