@@ -171,6 +171,8 @@ async def _chert_client(app: web.Application) -> Any:
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.chert_timeout),
         headers={hdrs.USER_AGENT: f"chert-gateway/{__version__}"},
         auto_decompress=False,
+        # Chert's API sets no cookies; a real jar would be consulted on every call.
+        cookie_jar=aiohttp.DummyCookieJar(),
     ) as session:
         chert = ChertClient(
             session,
