@@ -22,9 +22,9 @@ from gateway.client import GatewayClient, GatewayUnreachableError
 from gateway.config import Settings
 from gateway.errors import GatewayError
 from gateway.server import Running, serve
+from gateway.simulator.app import DOCS_CHAT_ID
 
 DEFAULT_GATEWAY = os.environ.get("CHERT_GATEWAY_URL", "http://127.0.0.1:8080")
-DEMO_CHAT_ID = "0f2d3c1a-8b4e-4f6a-90d2-1a3b4c5d6e7f"
 MIB = 1024 * 1024
 
 
@@ -173,7 +173,7 @@ async def _demo(size: int) -> int:
             with progress_bar(size, sys.stderr.isatty()) as progress:
                 async with GatewayClient(running.api) as client:
                     answer = await client.send_file(
-                        file, DEMO_CHAT_ID, text="Hello from the demo", progress=progress
+                        file, DOCS_CHAT_ID, text="Hello from the demo", progress=progress
                     )
             elapsed = time.perf_counter() - started
             peak = _peak_rss()

@@ -22,9 +22,9 @@ from gateway import __version__, caller_cli, logs, tuning
 from gateway.config import OPTIONS, ConfigError, Settings, parse_listen
 from gateway.server import RUNNER_OPTIONS, Running, serve, start_site
 from gateway.simulator import ChertSimulator
+from gateway.simulator.app import DOCS_CHAT_ID
 
 EXAMPLE_FILE = Path(__file__).parent / "examples" / "hello.png"
-EXAMPLE_CHAT_ID = "0f2d3c1a-8b4e-4f6a-90d2-1a3b4c5d6e7f"  # the chat id in Chert's own docs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,7 +97,7 @@ def curl_example(api: str) -> str:
     """A ready-to-paste curl line that sends the bundled example image."""
     path = (
         "/v1/chats/"
-        + EXAMPLE_CHAT_ID
+        + DOCS_CHAT_ID
         + "/attachments?filename=hello.png&text=Hello%20from%20chert-gateway"
     )
     target = [f"{api}{path}"]

@@ -34,6 +34,8 @@ from gateway.message_shape import SendBody, ShapeError, check_send_body
 from gateway.simulator.state import Attachment, Faults, RecordedRequest, SimulatorState
 
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+# The chat id Chert's own pages use in their examples (send-follow-up-message.md).
+DOCS_CHAT_ID = "0f2d3c1a-8b4e-4f6a-90d2-1a3b4c5d6e7f"
 READ_CHUNK_BYTES = 256 * 1024
 
 # Chert's documented error codes (chert-api/attachments.md).
