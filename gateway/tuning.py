@@ -34,7 +34,8 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
         import uvloop
     except ImportError:
         return None
-    return uvloop.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def tune_malloc() -> bool:
