@@ -83,7 +83,7 @@ async def read_form(
                     part.filename, part.headers.get(hdrs.CONTENT_TYPE, "")
                 )
                 body = await spooled_files.enter_async_context(
-                    spool.receive_file(
+                    spool.receive(
                         part.read_chunk,
                         meta,
                         limit=limits.max_upload_bytes,

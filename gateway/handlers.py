@@ -89,7 +89,7 @@ async def _incoming_file(
         intake.check_content(meta, await body.head(media.SNIFF_BYTES))
         yield body
         return
-    async with request.app[SPOOL].receive_file(
+    async with request.app[SPOOL].receive(
         request.content.read,
         meta,
         limit=settings.max_upload_bytes,

@@ -27,9 +27,6 @@ class HashedBody(UploadBody, Protocol):
     @property
     def first_byte_sent_at(self) -> float | None: ...
 
-    async def head(self, n: int) -> bytes:
-        """The first `n` bytes, without consuming them."""
-
     @property
     def sha256(self) -> str | None: ...
 

@@ -37,8 +37,6 @@ from gateway.intake import BodyDigest, CallerReader, FileMeta, ReadFn, check_con
 log = logging.getLogger("chert_gateway.spool")
 
 FILE_PREFIX = "chert-gateway-spool-"
-# How many leading bytes are kept in memory for content sniffing.
-HEAD_BYTES = media.SNIFF_BYTES
 
 
 class SpooledBody:
@@ -52,7 +50,6 @@ class SpooledBody:
         source: AsyncBufferedReader,
         size: int,
         sha256: str | None,
-        head: bytes,
         chunk_size: int,
         first_byte_received_at: float | None,
     ) -> None:
@@ -63,13 +60,9 @@ class SpooledBody:
         self.size = size
         self.received = size
         self.sha256 = sha256
-        self._head = head
         self._chunk_size = chunk_size
         self.first_byte_received_at = first_byte_received_at
         self.first_byte_sent_at: float | None = None
-
-    async def head(self, n: int) -> bytes:
-        return self._head[:n]
 
     async def chunks(
         self, deadline: asyncio.Timeout, upstream_timeout: float
@@ -106,13 +99,15 @@ class Spool:
     async def receive(
         self,
         read: ReadFn,
+        meta: FileMeta,
         *,
         limit: int,
         chunk_size: int,
         client_timeout: float,
         sha256: bool = True,
     ) -> AsyncIterator[SpooledBody]:
-        """Spool the whole body; the file lives as long as the context."""
+        """Spool the whole body, then refuse an empty file or one whose first
+        bytes contradict its type. The file lives as long as the context."""
         path = self.directory / f"{FILE_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
         reader = CallerReader(read, client_timeout=client_timeout)
         hasher = BodyDigest(sha256)
@@ -133,16 +128,18 @@ class Spool:
                         )
                     self.used += len(chunk)
                     reserved += len(chunk)
-                    if len(head) < HEAD_BYTES:
-                        head += chunk[: HEAD_BYTES - len(head)]
+                    if len(head) < media.SNIFF_BYTES:
+                        head += chunk[: media.SNIFF_BYTES - len(head)]
                     hasher.update(chunk)
                     await sink.write(chunk)
+                if reader.received == 0:
+                    raise InvalidRequestError(f"{meta.filename} is empty; send the file's bytes")
+                check_content(meta, head)
                 await sink.flush()
                 yield SpooledBody(
                     sink,
                     reader.received,
                     hasher.hexdigest(),
-                    head,
                     chunk_size,
                     first_byte_received_at=reader.first_byte_at,
                 )
@@ -150,30 +147,6 @@ class Spool:
             self.used -= reserved
             with suppress(FileNotFoundError):
                 path.unlink()
-
-    @asynccontextmanager
-    async def receive_file(
-        self,
-        read: ReadFn,
-        meta: FileMeta,
-        *,
-        limit: int,
-        chunk_size: int,
-        client_timeout: float,
-        sha256: bool = True,
-    ) -> AsyncIterator[SpooledBody]:
-        """`receive`, then refuse an empty file or one whose bytes contradict its type."""
-        async with self.receive(
-            read,
-            limit=limit,
-            chunk_size=chunk_size,
-            client_timeout=client_timeout,
-            sha256=sha256,
-        ) as spooled:
-            if spooled.size == 0:
-                raise InvalidRequestError(f"{meta.filename} is empty; send the file's bytes")
-            check_content(meta, await spooled.head(media.SNIFF_BYTES))
-            yield spooled
 
 
 def _alive(pid: int) -> bool:
