@@ -362,7 +362,8 @@ class ChertClient:
     async def _error_from_answer(
         self, response: aiohttp.ClientResponse, operation: str
     ) -> GatewayError:
-        error = await _error_from_answer(response, operation)
+        """The answer as a gateway error, its Chert code told to the observer."""
+        error = await _answer_to_error(response, operation)
         if error.chert_code is not None:
             self._observer.chert_error(operation, error.chert_code)
         return error
@@ -418,7 +419,7 @@ def _parse_retry_after(value: str | None) -> float | None:
         return None  # an HTTP date: rare from an API; the backoff stands in
 
 
-async def _error_from_answer(response: aiohttp.ClientResponse, operation: str) -> GatewayError:
+async def _answer_to_error(response: aiohttp.ClientResponse, operation: str) -> GatewayError:
     status = response.status
     retry_after = _parse_retry_after(response.headers.get("Retry-After"))
     if 300 <= status < 400:

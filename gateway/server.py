@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -142,7 +143,7 @@ async def _start_simulator(settings: Settings) -> tuple[Settings, str | None, we
     """Start the Chert simulator on a loopback port and point the gateway at it."""
     generated = None
     if settings.signing_secret is not None:
-        secret = settings.signing_secret.current(0.0)
+        secret = settings.signing_secret.current(time.monotonic())
     else:
         secret = generated = secrets.token_urlsafe(24)
     simulator = ChertSimulator(secret, tenant=settings.tenant)
