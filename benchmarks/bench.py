@@ -47,6 +47,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from gateway import procstat
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 KIB, MIB = 1024, 1024 * 1024
@@ -264,24 +266,17 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLOCK_TICKS
 
 
-def status_kib(pid: int, name: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def reset_peak(pids: list[int]) -> int:
     """Reset VmHWM (clear_refs 5) and return the current RSS, in bytes."""
     rss = 0
     for pid in pids:
         Path(f"/proc/{pid}/clear_refs").write_text("5")
-        rss += status_kib(pid, "VmRSS") * KIB
+        rss += procstat.status_bytes("VmRSS", pid)
     return rss
 
 
 def peak(pids: list[int]) -> int:
-    return sum(status_kib(pid, "VmHWM") * KIB for pid in pids)
+    return sum(procstat.status_bytes("VmHWM", pid) for pid in pids)
 
 
 # -- the load generator ---------------------------------------------------------------------

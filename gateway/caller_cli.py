@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 from tqdm import tqdm
 
+from gateway import procstat
 from gateway.client import GatewayClient, GatewayUnreachableError
 from gateway.config import Settings
 from gateway.errors import GatewayError
@@ -167,7 +168,7 @@ async def _demo(size: int) -> int:
             file = Path(tmp) / "demo.png"
             print(f"Making a {size / MIB:.0f} MiB file ({file}) …", file=sys.stderr)
             _make_png(file, size)
-            baseline = _peak_rss()
+            baseline = procstat.status_bytes("VmHWM")
             print(f"Sending it through {running.api} to the simulated Chert …", file=sys.stderr)
             started = time.perf_counter()
             with progress_bar(size, sys.stderr.isatty()) as progress:
@@ -176,7 +177,7 @@ async def _demo(size: int) -> int:
                         file, DOCS_CHAT_ID, text="Hello from the demo", progress=progress
                     )
             elapsed = time.perf_counter() - started
-            peak = _peak_rss()
+            peak = procstat.status_bytes("VmHWM")
         async with aiohttp.ClientSession() as http, http.get(f"{running.ops}/metrics") as r:
             metrics = await r.text()
     finally:
@@ -225,14 +226,3 @@ def _make_png(path: Path, size: int) -> None:
             chunk = os.urandom(min(MIB, size - written))
             out.write(chunk)
             written += len(chunk)
-
-
-def _peak_rss() -> int:
-    """VmHWM of this process, in bytes (0 where /proc is not there)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import orjson
 
+from gateway import procstat
+
 START_TIMEOUT_S = 20
 
 
@@ -126,14 +128,7 @@ class GatewayProcess:
 
     def peak_rss_bytes(self) -> int:
         """VmHWM: the highest resident set size the process has had."""
-        return _status_kib(self.pid, "VmHWM") * 1024
-
-
-def _status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
+        return procstat.status_bytes("VmHWM", self.pid)
 
 
 async def curl(*args: str, cwd: Path | None = None) -> tuple[int, str]:
