@@ -88,3 +88,13 @@ async def test_a_rotated_signing_secret_file_is_used_without_restart(
     assert status == 201, answer
     (last_put,) = simulator.state.requests_to("PUT")[-1:]
     assert last_put.header("Authorization") == "Bearer rotated-secret-9d2f"
+
+
+async def test_a_missing_client_token_is_refused_before_the_body(
+    make_gateway: GatewayFactory, simulator: ChertSimulator
+) -> None:
+    client = await make_gateway(GATEWAY_CLIENT_TOKENS="tok-a")
+    reader, writer = await RawCaller(client).open(5_000_000, expect=True)
+    assert await read_status(reader) == 401  # no body byte was written
+    writer.close()
+    assert simulator.state.requests == []

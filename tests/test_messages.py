@@ -226,3 +226,18 @@ async def test_forms_and_json_sends_honour_idempotency(
     assert await second.json() == first
     assert second.headers["Idempotent-Replayed"] == "true"
     assert len(simulator.state.messages) == 1
+
+
+async def test_an_explicit_parallel_attachments_false_wins_over_the_default(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator
+) -> None:
+    form = aiohttp.FormData()
+    form.add_field("parallel_attachments", "false")
+    for name in ("a.png", "b.png"):
+        form.add_field(
+            "f", io.BytesIO(sample("image/png", 1000)), filename=name, content_type="image/png"
+        )
+    response = await gateway.post(PATH, data=form)
+    assert response.status == 201, await response.text()
+    (body,) = simulator.state.send_bodies
+    assert body["parallel_attachments"] is False

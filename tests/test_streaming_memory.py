@@ -3,6 +3,8 @@ process, 100 MB through it, and what Chert saw on the wire."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,3 +98,46 @@ async def test_an_upstream_that_stops_reading_for_10_s_does_not_grow_memory(
     assert growth < MAX_GROWTH
     assert SECRET not in metrics_text
     assert SECRET not in gateway.output
+
+
+@pytest.mark.slow
+async def test_a_100_mb_download_streams_through_in_bounded_memory(
+    chert_server: BaseTestServer, simulator: ChertSimulator, files: Files, tmp_path: Path
+) -> None:
+    env = gateway_env(str(chert_server.make_url("")), CHERT_TIMEOUT="60")
+    async with GatewayProcess(env) as gateway:
+        status, body = await curl(
+            "-T", str(files.big), "-H", "Content-Type: image/png", f"{gateway.api}/v1/attachments"
+        )
+        assert status == 201, body
+        attachment_id = orjson.loads(body)["attachment_id"]
+        baseline = gateway.peak_rss_bytes()
+        copy = tmp_path / "copy.png"
+        status, _ = await curl(
+            "-o", str(copy), f"{gateway.api}/v1/attachments/{attachment_id}/content"
+        )
+        growth = gateway.peak_rss_bytes() - baseline
+    assert status == 200
+    assert copy.stat().st_size == SIZE
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == files.big_sha256
+    print(f"\npeak RSS growth for a 100 MB download: {growth / MIB:.1f} MiB")
+    assert growth < MAX_GROWTH
+
+
+@pytest.mark.slow
+async def test_many_concurrent_uploads_stay_in_bounded_memory(
+    chert_server: BaseTestServer, simulator: ChertSimulator, files: Files, tmp_path: Path
+) -> None:
+    concurrent = 16
+    upload = tmp_path / "eight.png"
+    make_file(upload, 8 * MIB)
+    env = gateway_env(str(chert_server.make_url("")), CHERT_TIMEOUT="60")
+    async with GatewayProcess(env) as gateway:
+        url = f"{gateway.api}/v1/chats/{CHAT_ID}/attachments"
+        baseline = await warm_up(gateway, url, files)
+        results = await asyncio.gather(*(curl_upload(url, upload) for _ in range(concurrent)))
+        growth = gateway.peak_rss_bytes() - baseline
+    assert [status for status, _ in results] == [201] * concurrent
+    print(f"\npeak RSS growth for {concurrent} x 8 MB at once: {growth / MIB:.1f} MiB")
+    # 128 MB moved at once: the gateway must hold a few chunks per upload, not files.
+    assert growth < MAX_GROWTH
