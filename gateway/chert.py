@@ -19,7 +19,6 @@ same idempotency key. The streamed PUT is never retried: its body is gone.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -28,13 +27,6 @@ from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
-)
 from yarl import URL
 
 from gateway.credentials import Credential
@@ -45,22 +37,13 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from gateway.retry import RetryPolicy, with_retries
 
 T = TypeVar("T")
 
 NO_SENDER_LINE = 3002
 # An error body larger than this is not Chert's JSON; read no more of it.
 MAX_ERROR_BODY_BYTES = 64 * 1024
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 4
-    base_delay: float = 0.2
-    max_delay: float = 5.0
-    # No retry starts when its wait would end past this many seconds since
-    # the first attempt; the caller's request should not hang for minutes.
-    deadline: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -132,7 +115,7 @@ class ChertClient:
         *,
         timeout: float,
         tenant: str | None = None,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy | None = None,
         observer: ChertObserver | None = None,
     ) -> None:
         self._session = session
@@ -142,7 +125,7 @@ class ChertClient:
         self._secret = secret
         self._timeout = timeout
         self._tenant = tenant
-        self._retry = retry
+        self._retry = retry if retry is not None else RetryPolicy()
         self._observer: ChertObserver = observer if observer is not None else _NoObserver()
 
     # -- the three calls ------------------------------------------------------
@@ -312,17 +295,13 @@ class ChertClient:
         )
 
     async def _with_retries(self, operation: str, attempt_once: Callable[[], Awaitable[T]]) -> T:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_is_transient),
-            stop=stop_after_attempt(self._retry.attempts) | stop_before_delay(self._retry.deadline),
-            wait=self._backoff,
-            before_sleep=lambda state: self._note_retry(operation, state),
-            reraise=True,
+        return await with_retries(
+            attempt_once,
+            self._retry,
+            is_transient=_is_transient,
+            retry_after=_retry_after,
+            before_retry=lambda exc: self._observer.upstream_retry(operation, _retry_reason(exc)),
         )
-        async for attempt in retrying:
-            with attempt:
-                return await attempt_once()
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def _call(
         self, operation: str, method: str, path: str, body: dict[str, Any] | None
@@ -381,23 +360,8 @@ class ChertClient:
         finally:
             self._observer.upstream_call(operation, call.status, time.perf_counter() - started)
 
-    def _backoff(self, state: RetryCallState) -> float:
-        """Full jitter (uniform in [0, base·2ⁿ], capped), but never before Retry-After."""
-        policy = self._retry
-        ceiling = min(policy.max_delay, policy.base_delay * 2 ** (state.attempt_number - 1))
-        delay = random.uniform(0, ceiling)
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, GatewayError) and exc.retry_after:
-            delay = max(delay, exc.retry_after)
-        return delay
 
-    def _note_retry(self, operation: str, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        if exc is not None:
-            self._observer.upstream_retry(operation, _retry_reason(exc))
-
-
-def _retry_reason(exc: BaseException) -> str:
+def _retry_reason(exc: Exception) -> str:
     """A bounded label for why a call was retried."""
     if isinstance(exc, GatewayError):
         if exc.chert_code is not None:
@@ -406,8 +370,12 @@ def _retry_reason(exc: BaseException) -> str:
     return "other"
 
 
-def _is_transient(exc: BaseException) -> bool:
+def _is_transient(exc: Exception) -> bool:
     return isinstance(exc, (UpstreamUnavailableError, UpstreamTimeoutError))
+
+
+def _retry_after(exc: Exception) -> float | None:
+    return exc.retry_after if isinstance(exc, GatewayError) else None
 
 
 def _parse_retry_after(value: str | None) -> float | None:
