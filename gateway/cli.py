@@ -130,6 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     _configure_logs(args)
     tuning.tune_malloc()
+    tuning.tune_gc()
 
     def announce(running: Running) -> None:
         print(_banner(running), file=sys.stderr, flush=True)

@@ -149,9 +149,12 @@ async def send_message(request: web.Request) -> web.Response:
     """POST /v1/chats/{chat_id}/messages: Chert's JSON, or a form with files."""
     chat_id = intake.chat_id(request)
     given_key = intake.idempotency_key(request)
-    if request.content_type == "application/json":
+    # Not request.content_type: aiohttp parses it with the email package,
+    # which builds new classes, in reference cycles, on every call.
+    declared = media.normalize(request.headers.get(hdrs.CONTENT_TYPE, ""))
+    if declared == "application/json":
         return await _send_json(request, chat_id, given_key)
-    if request.content_type == "multipart/form-data":
+    if declared == "multipart/form-data":
         return await _send_form(request, chat_id, given_key)
     raise UnsupportedMediaTypeError(
         "send application/json (Chert's message shape) or multipart/form-data (files)"

@@ -1,4 +1,5 @@
-"""Process tuning applied when the gateway starts serving.
+"""Process tuning applied when the gateway starts serving: malloc and the
+garbage collector (`tune_gc`).
 
 glibc's malloc: by default its mmap threshold adapts upwards as buffers
 are freed, so the relay's per-chunk buffers (256 KiB) churn through
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import os
 from collections.abc import Callable
 
@@ -24,6 +26,7 @@ M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
 TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
+GC_GEN0_THRESHOLD = 20_000
 
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -55,3 +58,19 @@ def tune_malloc() -> bool:
     mmap_set: int = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
     trim_set: int = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
     return mmap_set == 1 and trim_set == 1
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections; called once everything is imported.
+
+    The gateway makes no reference cycles on its hot path, so a collection
+    finds almost nothing; what it costs is scanning the young objects of
+    every upload in flight, 500+ times a minute under load at CPython's
+    default threshold of 700 allocations. Raising it to GC_GEN0_THRESHOLD and
+    freezing the objects that live as long as the process (modules, classes,
+    the app) took the collector from about 15 % of the gateway's CPU on
+    small files to under 1 % (docs/performance.md).
+    """
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)

@@ -21,3 +21,14 @@ def test_applied_on_glibc() -> None:
 
 def test_an_operators_malloc_settings_win() -> None:
     assert run({"PATH": "/usr/bin:/bin", "MALLOC_ARENA_MAX": "2"}) == "False"
+
+
+def test_gc_collects_rarely_and_skips_what_lives_forever() -> None:
+    snippet = (
+        "import gc; from gateway import tuning; tuning.tune_gc(); "
+        "print(gc.get_threshold()[0], gc.get_freeze_count() > 1000)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", snippet], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["20000", "True"]
