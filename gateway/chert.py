@@ -37,6 +37,7 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from gateway.progress import ProgressDeadline
 from gateway.retry import RetryPolicy, with_retries
 
 T = TypeVar("T")
@@ -57,9 +58,8 @@ class UploadSlot:
 class UploadBody(Protocol):
     """A body whose length is known up front and that streams its chunks.
 
-    `chunks` moves `deadline` forward each time it hands over a chunk and
-    suspends it while it waits on its own source, so only a stalled *upstream*
-    trips the deadline.
+    `chunks` tells `progress` each time it hands over a chunk and each time
+    it waits on its own source, so only a stalled *upstream* trips it.
     """
 
     @property
@@ -74,9 +74,7 @@ class UploadBody(Protocol):
         """Set when the body's own source failed (the caller left, stalled, lied
         about its length): that, not the broken PUT, is what the caller hears."""
 
-    def chunks(
-        self, deadline: asyncio.Timeout, upstream_timeout: float
-    ) -> AsyncIterator[bytes]: ...
+    def chunks(self, progress: ProgressDeadline) -> AsyncIterator[bytes]: ...
 
 
 class ChertObserver(Protocol):
@@ -170,24 +168,27 @@ class ChertClient:
             ) from exc
 
     async def _put(self, slot: UploadSlot, body: UploadBody, headers: dict[str, str]) -> None:
-        loop = asyncio.get_running_loop()
         # No total time limit: a large file on a slow link takes as long as it
-        # takes. What is bounded is progress: the body moves this deadline
-        # forward with every chunk Chert takes.
+        # takes. What is bounded is progress: Chert must take each chunk, and
+        # answer after the last, within the timeout.
         no_total = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout)
         try:
             with self._timed("upload") as call:
-                async with asyncio.timeout_at(loop.time() + self._timeout) as deadline:
-                    with _map_transport_errors("upload"):
-                        async with self._session.put(
-                            slot.upload_url,
-                            data=body.chunks(deadline, self._timeout),
-                            headers=headers,
-                            allow_redirects=False,
-                            timeout=no_total,
-                        ) as response:
-                            call.status = str(response.status)
-                            await self._read_answer(response, "upload")
+                async with asyncio.timeout(None) as scope:
+                    progress = ProgressDeadline(scope, self._timeout)
+                    try:
+                        with _map_transport_errors("upload"):
+                            async with self._session.put(
+                                slot.upload_url,
+                                data=body.chunks(progress),
+                                headers=headers,
+                                allow_redirects=False,
+                                timeout=no_total,
+                            ) as response:
+                                call.status = str(response.status)
+                                await self._read_answer(response, "upload")
+                    finally:
+                        progress.stop()
         except (GatewayError, TimeoutError) as exc:
             if body.failure is not None:
                 raise body.failure from exc

@@ -29,6 +29,7 @@ from gateway.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
+from gateway.progress import ProgressDeadline
 
 # Chert's ids (chats, attachments) are UUIDs, hex or prefixed hex (in_536f…): allow any plain
 # token, refuse anything that could change the path it is put into.
@@ -191,18 +192,29 @@ class CallerReader:
     also kept in `failure`, because the HTTP client wraps what a body raises.
     """
 
-    def __init__(self, read: ReadFn, *, client_timeout: float) -> None:
+    def __init__(
+        self,
+        read: ReadFn,
+        *,
+        client_timeout: float,
+        read_nowait: Callable[[int], bytes] | None = None,
+    ) -> None:
         self.received = 0
         self.failure: GatewayError | None = None
         self.first_byte_at: float | None = None  # time.perf_counter()
         self._read = read
+        self._read_nowait = read_nowait
         self._client_timeout = client_timeout
 
     async def read(self, n: int) -> bytes:
         """Up to `n` bytes; b"" at the end of the body."""
         try:
-            async with asyncio.timeout(self._client_timeout):
-                chunk = await self._read(n)
+            # What has already arrived needs no timer; on a fast stream that
+            # is most reads.
+            chunk = self._read_nowait(n) if self._read_nowait is not None else b""
+            if not chunk:
+                async with asyncio.timeout(self._client_timeout):
+                    chunk = await self._read(n)
         except TimeoutError:
             raise self.fail(
                 ClientTimeoutError(
@@ -237,13 +249,19 @@ class CallerBody:
         content: StreamReader,
         size: int,
         *,
-        chunk_size: int,
         client_timeout: float,
         sha256: bool = True,
     ) -> None:
         self.size = size
-        self._reader = CallerReader(content.read, client_timeout=client_timeout)
-        self._chunk_size = chunk_size
+        # Pieces as they arrived, neither joined nor sliced (either would copy
+        # every byte once more). They need no size limit here: aiohttp's
+        # parser ends the body at its Content-Length, and its flow control
+        # holds about one socket read (see tuning.set_read_size).
+        self._reader = CallerReader(
+            lambda _: content.readany(),
+            read_nowait=lambda _: content.read_nowait(-1),
+            client_timeout=client_timeout,
+        )
         self._hasher = BodyDigest(sha256)
         self._pending = b""  # read ahead by head(), not yet handed on
         self.first_byte_sent_at: float | None = None
@@ -268,28 +286,26 @@ class CallerBody:
         """The body's first `n` bytes, read ahead; `chunks` hands them on first."""
         wanted = min(n, self.size)
         while len(self._pending) < wanted:
-            self._pending += await self._read(wanted - len(self._pending))
+            self._pending += await self._read()
         return self._pending[:n]
 
-    async def chunks(
-        self, deadline: asyncio.Timeout, upstream_timeout: float
-    ) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
+    async def chunks(self, progress: ProgressDeadline) -> AsyncIterator[bytes]:
         self.first_byte_sent_at = time.perf_counter()
         if self._pending:
             chunk, self._pending = self._pending, b""
             self._hasher.update(chunk)
+            progress.progressed()
             yield chunk
         while self.received < self.size:
             # While we wait on the caller only the client timeout applies.
-            deadline.reschedule(None)
-            chunk = await self._read(min(self._chunk_size, self.size - self.received))
+            progress.waiting_on_source()
+            chunk = await self._read()
             self._hasher.update(chunk)
-            deadline.reschedule(loop.time() + upstream_timeout)
+            progress.progressed()
             yield chunk
 
-    async def _read(self, n: int) -> bytes:
-        chunk = await self._reader.read(n)
+    async def _read(self) -> bytes:
+        chunk = await self._reader.read(self.size - self.received)
         if not chunk:
             raise self._reader.fail(
                 ClientAbortedError(

@@ -13,7 +13,6 @@ the directory are left alone (the pid is in the name).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -33,6 +32,7 @@ from gateway.errors import (
     PayloadTooLargeError,
 )
 from gateway.intake import BodyDigest, CallerReader, FileMeta, ReadFn, check_content
+from gateway.progress import ProgressDeadline
 
 log = logging.getLogger("chert_gateway.spool")
 
@@ -64,15 +64,12 @@ class SpooledBody:
         self.first_byte_received_at = first_byte_received_at
         self.first_byte_sent_at: float | None = None
 
-    async def chunks(
-        self, deadline: asyncio.Timeout, upstream_timeout: float
-    ) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
+    async def chunks(self, progress: ProgressDeadline) -> AsyncIterator[bytes]:
         await self._source.seek(0)  # every attempt starts from the first byte
         if self.first_byte_sent_at is None:
             self.first_byte_sent_at = time.perf_counter()
         while chunk := await self._source.read(self._chunk_size):
-            deadline.reschedule(loop.time() + upstream_timeout)
+            progress.progressed()
             yield chunk
 
 

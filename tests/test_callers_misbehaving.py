@@ -113,6 +113,23 @@ async def test_unsupported_type_with_expect_is_refused_before_the_body(
     assert simulator.state.requests == []
 
 
+async def test_waiting_on_a_slow_caller_does_not_count_against_chert(
+    make_gateway: GatewayFactory, simulator: ChertSimulator
+) -> None:
+    """Pauses longer than CHERT_TIMEOUT between the caller's pieces: Chert
+    is idle because the caller is, and the upload goes through."""
+    client = await make_gateway(GATEWAY_CLIENT_TIMEOUT="3", CHERT_TIMEOUT="0.3")
+    pieces = [PNG_MAGIC + os.urandom(50_000 - 8), os.urandom(50_000), os.urandom(50_000)]
+    reader, writer = await RawCaller(client).open(sum(map(len, pieces)))
+    for piece in pieces:
+        writer.write(piece)
+        await writer.drain()
+        await asyncio.sleep(0.7)
+    assert await read_status(reader) == 201
+    writer.close()
+    assert len(simulator.state.messages) == 1
+
+
 async def test_a_slow_steady_caller_is_not_cut_by_a_total_time_limit(
     make_gateway: GatewayFactory, simulator: ChertSimulator
 ) -> None:
