@@ -17,8 +17,9 @@ so the machine's drift hits all alike:
 
 Figures per path and workload: aggregate MB/s, uploads/s, p50/p99 seconds
 per upload, and for the relays (gateway, nginx) peak RSS over idle and CPU
-seconds per GB relayed. Medians over the rounds; ratios are of medians
-measured in this same run.
+seconds per GB relayed. Medians over the rounds (CPU: all rounds' CPU time
+over all rounds' bytes, as /proc counts it in 10 ms ticks); ratios are of
+medians measured in this same run.
 
     python benchmarks/bench.py            # 5 rounds, the full workloads (minutes)
     python benchmarks/bench.py --quick    # 2 rounds, small workloads (under a minute)
@@ -375,14 +376,19 @@ def summarize(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
         for path, runs in by_path.items():
             uploads = [t for run in runs for t in run.per_upload]
             rss = [r.peak_rss_over_idle for r in runs if r.peak_rss_over_idle is not None]
-            cpu = [r.cpu_per_gb for r in runs if r.cpu_per_gb is not None]
+            # CPU time is read in clock ticks (10 ms): over all rounds
+            # together, not as a median of per-round figures a few ticks long.
+            timed = [r for r in runs if r.cpu_seconds is not None]
+            cpu_gb = sum(r.bytes for r in timed) / 1e9
             summary[workload][path] = {
                 "mb_per_s": median([r.mb_per_s for r in runs]),
                 "uploads_per_s": median([r.uploads_per_s for r in runs]),
                 "p50_s": percentile(uploads, 0.5),
                 "p99_s": percentile(uploads, 0.99),
                 "peak_rss_over_idle_mib": max(rss) / MIB if rss else None,
-                "cpu_s_per_gb": median(cpu) if cpu else None,
+                "cpu_s_per_gb": (
+                    sum(r.cpu_seconds or 0.0 for r in timed) / cpu_gb if timed else None
+                ),
                 "rounds": len(runs),
             }
     return summary
