@@ -29,10 +29,11 @@ from gateway.state import ADMISSION, CHERT, IDEMPOTENCY, PIPELINE, SETTINGS, SPO
 CHUNK_BYTES = 256 * 1024
 # ...unless the socket reads grow with them: a streamed body read 1 MiB per
 # recv() costs a fifth less CPU per byte, but an upload then holds about
-# 2.6 MiB instead of 0.65. So larger reads go to large bodies, and only
-# while few uploads are in flight, which bounds the memory they take.
+# 2 MiB instead of 0.65. So larger reads go to large bodies, and only while
+# at most a quarter of GATEWAY_MAX_IN_FLIGHT uploads run: memory stays
+# within about 1 MiB per upload allowed in flight (docs/deploy.md).
 LARGE_READ_BYTES = 1024 * 1024
-LARGE_READS_MAX_IN_FLIGHT = 16
+LARGE_READS_SHARE_OF_MAX_IN_FLIGHT = 0.25
 
 PASSED_DOWNLOAD_HEADERS = (
     hdrs.CONTENT_TYPE,
@@ -105,7 +106,10 @@ async def _incoming_file(
 
 def _read_bytes(request: web.Request, size: int) -> int:
     """How much to read per recv() for a streamed body of `size` bytes."""
-    few_in_flight = request.app[ADMISSION].in_flight <= LARGE_READS_MAX_IN_FLIGHT
+    admission = request.app[ADMISSION]
+    few_in_flight = (
+        admission.in_flight <= admission.max_in_flight * LARGE_READS_SHARE_OF_MAX_IN_FLIGHT
+    )
     return LARGE_READ_BYTES if few_in_flight and size > LARGE_READ_BYTES else CHUNK_BYTES
 
 

@@ -128,10 +128,14 @@ async def test_a_100_mb_download_streams_through_in_bounded_memory(
 async def test_many_concurrent_uploads_stay_in_bounded_memory(
     chert_server: BaseTestServer, simulator: ChertSimulator, files: Files, tmp_path: Path
 ) -> None:
+    """docs/deploy.md budgets about 1 MiB per upload allowed in flight: the
+    first quarter read 1 MiB pieces (about 2 MiB each), the rest 256 KiB."""
     concurrent = 16
     upload = tmp_path / "eight.png"
     make_file(upload, 8 * MIB)
-    env = gateway_env(str(chert_server.make_url("")), CHERT_TIMEOUT="60")
+    env = gateway_env(
+        str(chert_server.make_url("")), CHERT_TIMEOUT="60", GATEWAY_MAX_IN_FLIGHT=concurrent
+    )
     async with GatewayProcess(env) as gateway:
         url = f"{gateway.api}/v1/chats/{CHAT_ID}/attachments"
         baseline = await warm_up(gateway, url, files)
@@ -139,5 +143,6 @@ async def test_many_concurrent_uploads_stay_in_bounded_memory(
         growth = gateway.peak_rss_bytes() - baseline
     assert [status for status, _ in results] == [201] * concurrent
     print(f"\npeak RSS growth for {concurrent} x 8 MB at once: {growth / MIB:.1f} MiB")
-    # 128 MB moved at once: the gateway must hold a few chunks per upload, not files.
-    assert growth < MAX_GROWTH
+    # 128 MB moved at once: a few pieces per upload, not files, and not
+    # large pieces for every upload (that measured about 2.6 MiB each).
+    assert growth < concurrent * 1.5 * MIB
