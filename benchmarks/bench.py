@@ -14,6 +14,9 @@ so the machine's drift hits all alike:
   gateway        one request per file to the gateway (SHA-256 on, the default)
   gateway-nosha  the same with GATEWAY_SHA256=false
   nginx          the three calls, the PUT through nginx (request buffering off)
+  minimal-relay  one request per file to benchmarks/minimal_relay.py: the three
+                 calls and SHA-256 in bare aiohttp, nothing else (a reference
+                 for what aiohttp itself costs)
 
 Figures per path and workload: aggregate MB/s, uploads/s, p50/p99 seconds
 per upload, and for the relays (gateway, nginx) peak RSS over idle and CPU
@@ -78,7 +81,7 @@ QUICK = [
     Workload("50 × 256 KB", 50, 256 * KIB),
     Workload("200 × 64 KB", 200, 64 * KIB),
 ]
-PATHS = ["direct", "gateway", "gateway-nosha", "nginx"]
+PATHS = ["direct", "gateway", "gateway-nosha", "nginx", "minimal-relay"]
 
 
 @dataclass
@@ -177,7 +180,8 @@ class Fleet:
         self.gateway_env = gateway_env or {}
         self.secret = secrets.token_urlsafe(16)
         self.ports = {
-            name: free_port() for name in ("chert", "gw", "gw-ops", "nosha", "nosha-ops", "nginx")
+            name: free_port()
+            for name in ("chert", "gw", "gw-ops", "nosha", "nosha-ops", "nginx", "relay")
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -212,7 +216,16 @@ class Fleet:
         self.procs["nginx"] = start(
             [nginx_binary(), "-c", str(conf), "-p", str(nginx_dir), "-g", "daemon off;"]
         )
-        for name in ("chert", "gw", "nosha", "nginx"):
+        self.procs["relay"] = start(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "minimal_relay.py"),
+                f"http://127.0.0.1:{p['chert']}",
+                self.secret,
+                str(p["relay"]),
+            ]
+        )
+        for name in ("chert", "gw", "nosha", "nginx", "relay"):
             await wait_listening(p[name])
         return self
 
@@ -231,6 +244,8 @@ class Fleet:
             return [self.procs["gw"].pid]
         if path == "gateway-nosha":
             return [self.procs["nosha"].pid]
+        if path == "minimal-relay":
+            return [self.procs["relay"].pid]
         if path == "nginx":
             master = self.procs["nginx"].pid
             return [master, *children(master)]
@@ -297,6 +312,7 @@ class LoadGenerator:
         self.gateways = {
             "gateway": f"http://127.0.0.1:{p['gw']}",
             "gateway-nosha": f"http://127.0.0.1:{p['nosha']}",
+            "minimal-relay": f"http://127.0.0.1:{p['relay']}",
         }
         self.nginx = URL(f"http://127.0.0.1:{p['nginx']}")
 
@@ -415,16 +431,19 @@ def table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
             )
     lines += [
         "",
-        "| workload | measure | gateway / direct | gateway / nginx | no-SHA gateway / nginx |",
-        "|---|---|---:|---:|---:|",
+        "| workload | measure | gateway / direct | gateway / nginx | no-SHA gateway / nginx "
+        "| gateway / minimal relay |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for workload, by_path in summary.items():
         small = "64 KB" in workload
         key = "uploads_per_s" if small else "mb_per_s"
         g, n, d = by_path["gateway"][key], by_path["nginx"][key], by_path["direct"][key]
-        ns = by_path["gateway-nosha"][key]
+        ns, r = by_path["gateway-nosha"][key], by_path["minimal-relay"][key]
         measure = "uploads/s" if small else "MB/s"
-        lines.append(f"| {workload} | {measure} | {g / d:.2f} | {g / n:.2f} | {ns / n:.2f} |")
+        lines.append(
+            f"| {workload} | {measure} | {g / d:.2f} | {g / n:.2f} | {ns / n:.2f} | {g / r:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -440,7 +459,7 @@ def plot(summary: dict[str, dict[str, dict[str, Any]]], target: Path) -> None:
         small = "64 KB" in workload
         key, unit = ("uploads_per_s", "uploads/s") if small else ("mb_per_s", "MB/s")
         values = [summary[workload][p][key] for p in PATHS]
-        bars = ax.bar(PATHS, values, color=["#999999", "#2b6cb0", "#63b3ed", "#38a169"])
+        bars = ax.bar(PATHS, values, color=["#999999", "#2b6cb0", "#63b3ed", "#38a169", "#d69e2e"])
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
         ax.set_title(workload)
         ax.set_ylabel(unit)
