@@ -113,20 +113,29 @@ async def test_unsupported_type_with_expect_is_refused_before_the_body(
     assert simulator.state.requests == []
 
 
+async def trickle(client: TestClient[Any, Any], *, pieces: int, size: int, pause: float) -> int:
+    """A PNG upload sent as `pieces` pieces of `size` bytes, `pause` seconds
+    apart; the status it gets."""
+    body = [PNG_MAGIC + os.urandom(size - len(PNG_MAGIC))] + [
+        os.urandom(size) for _ in range(pieces - 1)
+    ]
+    reader, writer = await RawCaller(client).open(pieces * size)
+    for piece in body:
+        writer.write(piece)
+        await writer.drain()
+        await asyncio.sleep(pause)
+    status = await read_status(reader)
+    writer.close()
+    return status
+
+
 async def test_waiting_on_a_slow_caller_does_not_count_against_chert(
     make_gateway: GatewayFactory, simulator: ChertSimulator
 ) -> None:
     """Pauses longer than CHERT_TIMEOUT between the caller's pieces: Chert
     is idle because the caller is, and the upload goes through."""
     client = await make_gateway(GATEWAY_CLIENT_TIMEOUT="3", CHERT_TIMEOUT="0.3")
-    pieces = [PNG_MAGIC + os.urandom(50_000 - 8), os.urandom(50_000), os.urandom(50_000)]
-    reader, writer = await RawCaller(client).open(sum(map(len, pieces)))
-    for piece in pieces:
-        writer.write(piece)
-        await writer.drain()
-        await asyncio.sleep(0.7)
-    assert await read_status(reader) == 201
-    writer.close()
+    assert await trickle(client, pieces=3, size=50_000, pause=0.7) == 201
     assert len(simulator.state.messages) == 1
 
 
@@ -135,12 +144,5 @@ async def test_a_slow_steady_caller_is_not_cut_by_a_total_time_limit(
 ) -> None:
     """Progress is bounded, not duration: 2 s of steady trickle, 0.5 s limits."""
     client = await make_gateway(GATEWAY_CLIENT_TIMEOUT="0.5", CHERT_TIMEOUT="0.5")
-    pieces = [PNG_MAGIC + os.urandom(20_000 - 8)] + [os.urandom(20_000) for _ in range(19)]
-    reader, writer = await RawCaller(client).open(sum(map(len, pieces)))
-    for piece in pieces:
-        writer.write(piece)
-        await writer.drain()
-        await asyncio.sleep(0.1)
-    assert await read_status(reader) == 201
-    writer.close()
+    assert await trickle(client, pieces=20, size=20_000, pause=0.1) == 201
     assert len(simulator.state.messages) == 1
