@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import traceback
 import uuid
 from typing import Any
 
@@ -108,7 +109,28 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = error_response(error, request, request_id)
     response.headers["X-Request-ID"] = request_id
     _record(request, response, error, request_id, time.perf_counter() - started)
+    if error is not None:
+        _release_frames(error)
     return response
+
+
+def _release_frames(error: BaseException) -> None:
+    """Let go of what the failed request's frames hold.
+
+    An error keeps its traceback, the traceback its frames, and the frames
+    their locals: the body pieces in flight when an upload broke. Those
+    sit in reference cycles until the garbage collector runs, which with
+    tuning.tune_gc is rarely; clearing the frames frees the pieces now.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        pending += [exc.__cause__, exc.__context__]
 
 
 def _record(

@@ -256,7 +256,7 @@ class CallerBody:
         # Pieces as they arrived, neither joined nor sliced (either would copy
         # every byte once more). They need no size limit here: aiohttp's
         # parser ends the body at its Content-Length, and its flow control
-        # holds about one socket read (see tuning.set_read_size).
+        # holds about one socket read (see tuning.read_size).
         self._reader = CallerReader(
             lambda _: content.readany(),
             read_nowait=lambda _: content.read_nowait(-1),

@@ -31,4 +31,4 @@ def test_gc_collects_rarely_and_skips_what_lives_forever() -> None:
     result = subprocess.run(
         [sys.executable, "-c", snippet], capture_output=True, text=True, check=True
     )
-    assert result.stdout.split() == ["20000", "True"]
+    assert result.stdout.split() == ["50000", "True"]
