@@ -19,8 +19,8 @@ so the machine's drift hits all alike:
                  for what aiohttp itself costs)
 
 Figures per path and workload: aggregate MB/s, uploads/s, p50/p99 seconds
-per upload, and for the relays (gateway, nginx) peak RSS over idle and CPU
-seconds per GB relayed. Medians over the rounds (CPU: all rounds' CPU time
+per upload, and for the relays (gateways, nginx, minimal relay) peak RSS
+over idle and CPU seconds per GB relayed. Medians over the rounds (CPU: all rounds' CPU time
 over all rounds' bytes, as /proc counts it in 10 ms ticks); ratios are of
 medians measured in this same run.
 
@@ -173,7 +173,7 @@ http {{
 
 
 class Fleet:
-    """The simulator, two gateways and nginx, each its own process."""
+    """The simulator, two gateways, nginx and the minimal relay, each its own process."""
 
     def __init__(self, tmp: Path, gateway_env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
