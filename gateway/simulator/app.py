@@ -196,6 +196,10 @@ class ChertSimulator:
             await asyncio.sleep(faults.create_delay_seconds)
         if faults.redirect_creates_to:
             return web.Response(status=307, headers={"Location": faults.redirect_creates_to})
+        if faults.drop_creates > 0 and request.transport is not None:
+            faults.drop_creates -= 1
+            request.transport.abort()
+            return web.Response()  # never written: the connection is gone
         if faults.fail_creates > 0:
             faults.fail_creates -= 1
             return web.Response(

@@ -59,6 +59,8 @@ class Faults:
     retry_after_seconds: int = 0
     # The next N slot creations get a bare 503 (a load balancer's answer, no JSON).
     fail_creates: int = 0
+    # The next N slot creations lose their connection without an answer.
+    drop_creates: int = 0
     # Seconds to wait before answering a slot creation / a send.
     create_delay_seconds: float = 0.0
     send_delay_seconds: float = 0.0
