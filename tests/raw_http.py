@@ -4,11 +4,14 @@ will not commit, and small waiting helpers."""
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from gateway.simulator import ChertSimulator
 from tests.conftest import CHAT_ID
+from tests.samples import PNG_MAGIC
 
 PATH = f"/v1/chats/{CHAT_ID}/attachments"
 
@@ -52,3 +55,12 @@ async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
 async def read_status(reader: asyncio.StreamReader) -> int:
     line = await asyncio.wait_for(reader.readline(), 10)
     return int(line.split()[1])
+
+
+async def disconnect_mid_body(client: TestClient[Any, Any], simulator: ChertSimulator) -> None:
+    """Start a 5 MB upload, and leave once its PUT to Chert has begun."""
+    _, writer = await RawCaller(client).open(5_000_000)
+    writer.write(PNG_MAGIC + os.urandom(500_000))
+    await writer.drain()
+    await wait_for(lambda: simulator.state.requests_to("PUT"))
+    writer.close()

@@ -128,26 +128,19 @@ def test_the_secret_example_validates() -> None:
             kubernetes_validate.validate(obj, version, strict=True)
 
 
-def test_yamllint_passes() -> None:
+def assert_linter_passes(tool: str, *args: str) -> None:
     result = subprocess.run(
-        [require_tool("yamllint"), "--strict", "k8s", "monitoring"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
+        [require_tool(tool), *args], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_yamllint_passes() -> None:
+    assert_linter_passes("yamllint", "--strict", "k8s", "monitoring")
 
 
 def test_hadolint_passes() -> None:
-    result = subprocess.run(
-        [require_tool("hadolint"), "--failure-threshold", "warning", "Dockerfile"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_linter_passes("hadolint", "--failure-threshold", "warning", "Dockerfile")
 
 
 # -- contracts between the manifests and the gateway ---------------------------------

@@ -10,10 +10,8 @@ CPU, and would hold memory until the next, now rarer, collection.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import io
-import os
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -22,10 +20,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway.simulator import ChertSimulator
+from gateway.state import ADMISSION
 from tests.conftest import CHAT_ID
 from tests.gateway_calls import png_bytes, send
-from tests.raw_http import RawCaller
-from tests.samples import PNG_MAGIC
+from tests.raw_http import disconnect_mid_body, wait_for
 
 UPLOADS = 30
 
@@ -117,17 +116,14 @@ def bytes_held_by_frames(garbage: list[Any], *, skip: str) -> int:
 
 
 async def test_a_broken_upload_holds_none_of_its_body_in_cycles(
-    gateway: TestClient[Any, Any], saved_garbage: list[Any]
+    gateway: TestClient[Any, Any], simulator: ChertSimulator, saved_garbage: list[Any]
 ) -> None:
     # An error's traceback keeps the frames that held the pieces in flight;
     # with the collector tuned to run rarely, those must be let go of at once.
+    admission = gateway.server.app[ADMISSION]  # type: ignore[union-attr]
     for _ in range(5):
-        _, writer = await RawCaller(gateway).open(3_000_000)
-        writer.write(PNG_MAGIC + os.urandom(1_000_000))
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        writer.transport.abort()
-        await asyncio.sleep(0.2)
+        await disconnect_mid_body(gateway, simulator)
+        await wait_for(lambda: admission.in_flight == 0)
     gc.collect()
     # The in-process simulator's own frames are not the gateway's concern.
     held = bytes_held_by_frames(saved_garbage, skip="/simulator/")

@@ -19,7 +19,7 @@ from gateway.simulator import ChertSimulator
 from gateway.state import ADMISSION, METRICS
 from tests.conftest import SECRET, GatewayFactory
 from tests.gateway_calls import png_bytes, send
-from tests.raw_http import RawCaller, wait_for
+from tests.raw_http import RawCaller, disconnect_mid_body, wait_for
 from tests.samples import PNG_MAGIC
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -45,14 +45,6 @@ def moved(before: Samples, after: Samples) -> dict[tuple[tuple[str, str], ...], 
 
 def metrics_of(client: TestClient[Any, Any]) -> Metrics:
     return client.server.app[METRICS]  # type: ignore[union-attr, no-any-return]
-
-
-async def disconnect_mid_body(client: TestClient[Any, Any], simulator: ChertSimulator) -> None:
-    _, writer = await RawCaller(client).open(5_000_000)
-    writer.write(PNG_MAGIC + os.urandom(500_000))
-    await writer.drain()
-    await wait_for(lambda: simulator.state.requests_to("PUT"))
-    writer.close()
 
 
 async def stall_mid_body(client: TestClient[Any, Any], simulator: ChertSimulator) -> None:
