@@ -7,6 +7,7 @@ import asyncio
 import os
 from typing import Any
 
+import orjson
 from aiohttp.test_utils import TestClient
 
 from gateway.simulator import ChertSimulator
@@ -55,6 +56,17 @@ async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
 async def read_status(reader: asyncio.StreamReader) -> int:
     line = await asyncio.wait_for(reader.readline(), 10)
     return int(line.split()[1])
+
+
+async def read_json_answer(reader: asyncio.StreamReader) -> dict[str, Any]:
+    """The rest of an answer whose status line was read: its JSON body."""
+    length = 0
+    while (line := await asyncio.wait_for(reader.readline(), 10)) != b"\r\n":
+        name, _, value = line.decode().partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    answer: dict[str, Any] = orjson.loads(await reader.readexactly(length))
+    return answer
 
 
 async def disconnect_mid_body(client: TestClient[Any, Any], simulator: ChertSimulator) -> None:

@@ -7,6 +7,7 @@ library will not misbehave on request.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from typing import Any
 
@@ -15,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from gateway.simulator import ChertSimulator
 from gateway.state import METRICS
 from tests.conftest import GatewayFactory
-from tests.raw_http import PATH, RawCaller, read_status, wait_for
+from tests.raw_http import PATH, RawCaller, read_json_answer, read_status, wait_for
 from tests.samples import PNG_MAGIC
 
 
@@ -44,6 +45,26 @@ async def test_caller_that_disconnects_mid_body_aborts_the_put_and_sends_nothing
         PATH, data=PNG_MAGIC + b"x" * 10, headers={"Content-Type": "image/png"}
     )
     assert response.status == 201
+
+
+async def test_bytes_past_the_declared_length_never_reach_chert(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator
+) -> None:
+    """Pieces are handed on as they arrived, with no size cap of the gateway's
+    own: the HTTP parser must end the body at Content-Length."""
+    declared = 3 * 1024 * 1024
+    body = PNG_MAGIC + os.urandom(declared - len(PNG_MAGIC))
+    reader, writer = await RawCaller(gateway).open(declared)
+    writer.write(body + os.urandom(500_000))
+    await writer.drain()
+    assert await read_status(reader) == 201
+    answer = await read_json_answer(reader)
+    writer.close()
+    assert answer["size_bytes"] == declared
+    assert answer["sha256"] == hashlib.sha256(body).hexdigest()
+    (put,) = simulator.state.requests_to("PUT")
+    assert (put.body_bytes, put.body_complete) == (declared, True)
+    assert len(simulator.state.messages) == 1
 
 
 async def test_caller_that_sends_less_than_declared_causes_no_send(
