@@ -18,7 +18,7 @@ class ProgressDeadline:
     pass with no progress while not waiting on the body's source."""
 
     def __init__(self, scope: asyncio.Timeout, limit: float) -> None:
-        self.limit = limit
+        self._limit = limit
         self._scope = scope
         self._loop = asyncio.get_running_loop()
         self._last_progress = self._loop.time()
@@ -45,9 +45,9 @@ class ProgressDeadline:
     def _check(self) -> None:
         now = self._loop.time()
         if self._waiting_on_source:
-            due = now + self.limit
+            due = now + self._limit
         else:
-            due = self._last_progress + self.limit
+            due = self._last_progress + self._limit
             if due <= now:
                 self._timer = None
                 # The scope's own machinery cancels the task and turns the
