@@ -263,23 +263,21 @@ async def test_3002_that_persists_becomes_503_upstream_unavailable(
     assert len(simulator.state.requests_to("POST", "/messages")) == 4  # RetryPolicy.attempts
 
 
-async def test_slot_creation_is_retried_when_chert_drops_the_connection(
-    gateway: TestClient[Any, Any], simulator: ChertSimulator
+@pytest.mark.parametrize(
+    "faults",
+    [
+        pytest.param({"drop_creates": 2}, id="connection dropped"),
+        pytest.param({"fail_creates": 2, "retry_after_seconds": 0}, id="bare 503"),
+    ],
+)
+async def test_slot_creation_is_retried(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator, faults: dict[str, int]
 ) -> None:
-    simulator.faults.update({"drop_creates": 2})
+    simulator.faults.update(faults)
     status, answer, _ = await send(gateway, png_bytes(500))
     assert status == 201, answer
     assert len(simulator.state.requests_to("POST", "/api/v1/attachments")) == 3
     assert len(simulator.state.messages) == 1
-
-
-async def test_slot_creation_is_retried_on_a_bare_503(
-    gateway: TestClient[Any, Any], simulator: ChertSimulator
-) -> None:
-    simulator.faults.update({"fail_creates": 2, "retry_after_seconds": 0})
-    status, answer, _ = await send(gateway, png_bytes(500))
-    assert status == 201, answer
-    assert len(simulator.state.requests_to("POST", "/api/v1/attachments")) == 3
 
 
 # -- nothing half-sent ---------------------------------------------------------
