@@ -119,8 +119,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("GATEWAY_SHA256", "true", "compute each upload's SHA-256 for the answer", "BOOL"),
     Option(
         "GATEWAY_EVENT_LOOP",
-        "auto",
-        "auto (uvloop when installed: pip install 'chert-gateway[fast]'), uvloop or asyncio",
+        "asyncio",
+        "asyncio, or uvloop (pip install 'chert-gateway[uvloop]'; slower here, see "
+        "docs/performance.md)",
         "LOOP",
     ),
 )
@@ -144,7 +145,7 @@ class Settings:
     client_timeout: float
     drain_seconds: float
     sha256: bool = True
-    event_loop: str = "auto"
+    event_loop: str = "asyncio"
     simulate: bool = False
 
     @classmethod
@@ -246,13 +247,15 @@ def _boolean(raw: str) -> bool:
 
 def _event_loop(raw: str) -> str:
     value = raw.strip().lower()
-    if value not in ("auto", "uvloop", "asyncio"):
-        raise ValueError(f"expected auto, uvloop or asyncio, got {raw!r}")
+    if value not in ("asyncio", "uvloop"):
+        raise ValueError(f"expected asyncio or uvloop, got {raw!r}")
     if value == "uvloop":
         try:
             import uvloop  # noqa: F401
         except ImportError:
-            raise ValueError("uvloop is not installed: pip install 'chert-gateway[fast]'") from None
+            raise ValueError(
+                "uvloop is not installed: pip install 'chert-gateway[uvloop]'"
+            ) from None
     return value
 
 

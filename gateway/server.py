@@ -115,7 +115,15 @@ async def serve(
         )
         log.info(
             "listening",
-            extra={"fields": {"api": running.api, "ops": running.ops, "chert": running.chert}},
+            extra={
+                "fields": {
+                    "api": running.api,
+                    "ops": running.ops,
+                    "chert": running.chert,
+                    # The loop actually running: asyncio or uvloop.
+                    "event_loop": type(loop).__module__.partition(".")[0],
+                }
+            },
         )
         if on_ready is not None:
             on_ready(running)

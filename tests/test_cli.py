@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import orjson
+import pytest
 
 from gateway.config import OPTIONS
 from tests.conftest import require_tool
@@ -53,6 +54,17 @@ def test_a_flag_overrides_its_environment_variable() -> None:
     )
     assert result.returncode == 2
     assert "'zero'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    # uvloop is installed with the test extra: the default must still be asyncio's.
+    [({}, "asyncio"), ({"GATEWAY_EVENT_LOOP": "uvloop"}, "uvloop")],
+)
+async def test_the_event_loop_is_the_one_chosen(env: dict[str, str], expected: str) -> None:
+    async with GatewayProcess(env, "--simulate") as gateway:
+        (listening,) = [e for e in gateway.log_entries() if e["msg"] == "listening"]
+    assert listening["event_loop"] == expected
 
 
 async def test_the_simulate_banner_prints_a_curl_line_that_works() -> None:

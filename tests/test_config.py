@@ -24,6 +24,7 @@ def test_defaults_match_the_spec() -> None:
     assert settings.client_timeout == 30
     assert settings.drain_seconds == 25
     assert settings.client_tokens is None
+    assert settings.event_loop == "asyncio"
 
 
 @pytest.mark.parametrize(
@@ -42,6 +43,7 @@ def test_defaults_match_the_spec() -> None:
         ({"GATEWAY_SPOOL_DIR": "/no/such/dir"}, "GATEWAY_SPOOL_DIR"),
         ({"CHERT_SIGNING_SECRET_FILE": "/no/such/file"}, "CHERT_SIGNING_SECRET"),
         ({"CHERT_SIGNING_SECRET": ""}, "CHERT_SIGNING_SECRET"),
+        ({"GATEWAY_EVENT_LOOP": "auto"}, "GATEWAY_EVENT_LOOP"),
     ],
 )
 def test_a_bad_value_names_its_variable_in_one_line(env: dict[str, str], variable: str) -> None:
