@@ -82,6 +82,9 @@ QUICK = [
     Workload("200 × 64 KB", 200, 64 * KIB),
 ]
 PATHS = ["direct", "gateway", "gateway-nosha", "nginx", "minimal-relay"]
+# Settings both gateways run with unless --gateway-env says otherwise. The
+# event loop is named so a run never depends on what happens to be installed.
+GATEWAY_SETTINGS = {"GATEWAY_MAX_IN_FLIGHT": "1000", "GATEWAY_EVENT_LOOP": "asyncio"}
 
 
 @dataclass
@@ -194,8 +197,8 @@ class Fleet:
         common = {
             "CHERT_API_URL": f"http://127.0.0.1:{p['chert']}",
             "CHERT_SIGNING_SECRET": self.secret,
-            "GATEWAY_MAX_IN_FLIGHT": "1000",
             "GATEWAY_SPOOL_DIR": str(self.tmp),
+            **GATEWAY_SETTINGS,
             **self.gateway_env,
         }
         for name, sha in (("gw", "true"), ("nosha", "false")):
@@ -526,7 +529,7 @@ async def main(argv: list[str]) -> int:
         "mode": "quick" if args.quick else "full",
         "rounds": rounds,
         "machine": machine(),
-        "gateway_env": dict(item.split("=", 1) for item in args.gateway_env),
+        "gateway_env": {**GATEWAY_SETTINGS, **extra},
         "summary": summary,
         "runs": {
             w: {p: [asdict(r) for r in runs] for p, runs in by.items()}
