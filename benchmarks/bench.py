@@ -180,7 +180,8 @@ class Fleet:
 
     def __init__(self, tmp: Path, gateway_env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
-        self.gateway_env = gateway_env or {}
+        # What both gateways run with: GATEWAY_SETTINGS, then the lever measured.
+        self.gateway_env = {**GATEWAY_SETTINGS, **(gateway_env or {})}
         self.secret = secrets.token_urlsafe(16)
         self.ports = {
             name: free_port()
@@ -198,7 +199,6 @@ class Fleet:
             "CHERT_API_URL": f"http://127.0.0.1:{p['chert']}",
             "CHERT_SIGNING_SECRET": self.secret,
             "GATEWAY_SPOOL_DIR": str(self.tmp),
-            **GATEWAY_SETTINGS,
             **self.gateway_env,
         }
         for name, sha in (("gw", "true"), ("nosha", "false")):
@@ -529,7 +529,7 @@ async def main(argv: list[str]) -> int:
         "mode": "quick" if args.quick else "full",
         "rounds": rounds,
         "machine": machine(),
-        "gateway_env": {**GATEWAY_SETTINGS, **extra},
+        "gateway_env": fleet.gateway_env,
         "summary": summary,
         "runs": {
             w: {p: [asdict(r) for r in runs] for p, runs in by.items()}
