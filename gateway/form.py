@@ -25,7 +25,7 @@ from gateway import intake, media
 from gateway.errors import InvalidRequestError
 from gateway.message_shape import URL_RE
 from gateway.pipeline import Timings, UploadedFile, UploadPipeline
-from gateway.spool import Spool
+from gateway.spool import Spool, SpooledBody
 
 MAX_FILES = 10
 MAX_FIELD_BYTES = 64 * 1024
@@ -60,7 +60,9 @@ async def read_form(
     parallel: bool | None = None
     gate = asyncio.Semaphore(UPLOAD_CONCURRENCY)
 
-    async def upload(meta: intake.FileMeta, body: Any, file_timings: Timings) -> UploadedFile:
+    async def upload(
+        meta: intake.FileMeta, body: SpooledBody, file_timings: Timings
+    ) -> UploadedFile:
         async with gate:
             return await pipeline.upload(meta, body, file_timings)
 
