@@ -1,6 +1,7 @@
-"""Process tuning applied when the gateway starts serving: malloc and the
-garbage collector (`tune_gc`); and the socket read size of an upload's
-connection (`read_size`).
+"""Process tuning applied when the gateway starts serving: the event loop
+(`event_loop_factory`), malloc (`tune_malloc`) and the garbage collector
+(`tune_gc`); and the socket read size of an upload's connection
+(`read_size`).
 
 glibc's malloc: by default its mmap threshold adapts upwards as buffers
 are freed, so the relay's per-chunk buffers (256 KiB) churn through
