@@ -6,6 +6,7 @@ X-Request-ID, turns every error into the JSON error body, counts it and logs it.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import traceback
@@ -17,7 +18,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from gateway import __version__, handlers, logs
+from gateway import __version__, handlers, logs, retry
 from gateway.admission import Admission
 from gateway.chert import ChertClient
 from gateway.config import Settings
@@ -32,6 +33,7 @@ from gateway.errors import (
 from gateway.idempotency import IdempotencyStore
 from gateway.metrics import Metrics
 from gateway.pipeline import UploadPipeline
+from gateway.redact import Redactor
 from gateway.spool import Spool
 from gateway.state import ADMISSION, CHERT, IDEMPOTENCY, METRICS, PIPELINE, SETTINGS, SPOOL
 
@@ -79,8 +81,10 @@ def _outcome(request: web.Request, error: GatewayError | None) -> str:
 
 def error_response(error: GatewayError, request: web.Request, request_id: str) -> web.Response:
     response = handlers.json_response(error.to_json(request_id), status=error.status)
-    if error.retry_after is not None:
-        response.headers[hdrs.RETRY_AFTER] = str(max(1, round(error.retry_after)))
+    wait = error.retry_after if error.retry_after is not None else error.default_retry_after
+    if wait is not None:
+        seconds = min(wait, retry.MAX_RETRY_AFTER_SECONDS)
+        response.headers[hdrs.RETRY_AFTER] = str(max(1, math.ceil(seconds)))
     if (
         request.headers.get(hdrs.EXPECT, "").lower() == "100-continue"
         and not request.content.is_eof()
@@ -203,6 +207,7 @@ async def _chert_client(app: web.Application) -> Any:
             timeout=settings.chert_timeout,
             tenant=settings.tenant,
             observer=metrics,
+            redactor=Redactor([settings.signing_secret, settings.client_tokens]),
         )
         app[CHERT] = chert
         app[PIPELINE] = UploadPipeline(chert, metrics)

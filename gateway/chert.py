@@ -7,9 +7,14 @@ gateway's errors once, here:
     Chert / network                      → gateway error
     2xx with JSON                        → the parsed body
     3xx                                  → UpstreamError (redirects are refused)
-    429, 5xx, 3002, connection failure   → UpstreamUnavailableError (retried first)
-    4001, 1002, 1003, other 4xx          → UpstreamError with chert_code (never retried)
+    429, 5xx but 4001, 3002, no answer   → UpstreamUnavailableError (retried first)
+    1002, 1003 on the caller's content   → InvalidRequestError with chert_code (400)
+    4001, other 4xx                      → UpstreamError with chert_code (never retried)
     Chert too slow                       → UpstreamTimeoutError (retried first)
+
+Everything of Chert's that may reach a caller or a log (its error messages,
+its JSON answers, the download's headers) passes the `Redactor` here, so a
+Chert or proxy that quotes the request's secret cannot pass it on.
 
 Slot creation and the send call are retried with full-jitter exponential
 backoff that honours Retry-After, within an overall deadline, always with the
@@ -19,6 +24,7 @@ same idempotency key. The streamed PUT is never retried: its body is gone.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -32,19 +38,34 @@ from yarl import URL
 from gateway.credentials import Credential
 from gateway.errors import (
     GatewayError,
+    InvalidRequestError,
     NotFoundError,
     UpstreamError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
 from gateway.progress import ProgressDeadline
-from gateway.retry import RetryPolicy, with_retries
+from gateway.redact import Redactor
+from gateway.retry import RetryPolicy, parse_retry_after, with_retries
 
 T = TypeVar("T")
 
 NO_SENDER_LINE = 3002
+DELIVERY_FAILED = 4001
+# Chert's codes for content it finds invalid (chert-api/attachments.md).
+INVALID_CONTENT = frozenset({1002, 1003})
+# The calls whose content is the caller's (a name, a type, a size, parts);
+# the PUT's headers are the gateway's own, so a 1002 there is Chert's or ours.
+CALLER_CONTENT_OPERATIONS = frozenset({"create_attachment", "send_message"})
+# RFC 9110 §5.1 token: what a header name may be; a value may hold no CR,
+# LF or NUL.
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # An error body larger than this is not Chert's JSON; read no more of it.
 MAX_ERROR_BODY_BYTES = 64 * 1024
+# Of Chert's error message, this much is quoted to the caller; codes are
+# 4-digit numbers, anything else is not a code of Chert's.
+MAX_QUOTED_CHARS = 300
+MAX_CHERT_CODE = 100_000
 
 
 @dataclass(frozen=True)
@@ -115,6 +136,7 @@ class ChertClient:
         tenant: str | None = None,
         retry: RetryPolicy | None = None,
         observer: ChertObserver | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self._session = session
         self._base = base_url.origin()
@@ -125,6 +147,7 @@ class ChertClient:
         self._tenant = tenant
         self._retry = retry if retry is not None else RetryPolicy()
         self._observer: ChertObserver = observer if observer is not None else _NoObserver()
+        self._redact = redactor if redactor is not None else Redactor([secret])
 
     # -- the three calls ------------------------------------------------------
 
@@ -148,6 +171,7 @@ class ChertClient:
                 "Chert's upload slot answer lacks attachment_id or upload_url"
             ) from None
         self._check_same_origin(slot.upload_url)
+        _check_headers(slot.required_headers)
         return slot
 
     async def upload(self, slot: UploadSlot, body: UploadBody, content_type: str) -> None:
@@ -177,7 +201,7 @@ class ChertClient:
                 async with asyncio.timeout(None) as scope:
                     progress = ProgressDeadline(scope, self._timeout)
                     try:
-                        with _map_transport_errors("upload"):
+                        with self._map_transport_errors("upload"):
                             async with self._session.put(
                                 slot.upload_url,
                                 data=body.chunks(progress),
@@ -230,7 +254,7 @@ class ChertClient:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._timeout, sock_read=self._timeout
         )
-        with self._timed("download") as call, _map_transport_errors("download"):
+        with self._timed("download") as call, self._map_transport_errors("download"):
             async with self._session.get(
                 self._url(f"/api/v1/attachments/{attachment_id}/content"),
                 headers=headers,
@@ -313,7 +337,7 @@ class ChertClient:
             headers["Content-Type"] = "application/json"
             data = orjson.dumps(body)
         timeout = aiohttp.ClientTimeout(total=self._timeout)
-        with self._timed(operation) as call, _map_transport_errors(operation):
+        with self._timed(operation) as call, self._map_transport_errors(operation):
             async with self._session.request(
                 method,
                 self._url(path),
@@ -336,7 +360,8 @@ class ChertClient:
                 raise UpstreamError(f"Chert's {operation} answer is not JSON") from None
             if not isinstance(answer, dict):
                 raise UpstreamError(f"Chert's {operation} answer is not a JSON object")
-            return answer
+            redacted: dict[str, Any] = self._redact.json(answer)
+            return redacted
         raise await self._error_from_answer(response, operation)
 
     async def _error_from_answer(
@@ -346,7 +371,43 @@ class ChertClient:
         error = await _answer_to_error(response, operation)
         if error.chert_code is not None:
             self._observer.chert_error(operation, error.chert_code)
+        return self._redacted(error)
+
+    def _redacted(self, error: GatewayError) -> GatewayError:
+        """`error`, its message cleared of every secret Chert may have quoted."""
+        message = self._redact.text(error.message)
+        if message != error.message:
+            error.message = message
+            error.args = (message,)
         return error
+
+    def passed_headers(
+        self, response: aiohttp.ClientResponse, names: tuple[str, ...]
+    ) -> dict[str, str]:
+        """Those of Chert's response headers that go on to a caller, redacted."""
+        return {
+            name: self._redact.text(response.headers[name])
+            for name in names
+            if name in response.headers
+        }
+
+    @contextmanager
+    def _map_transport_errors(self, operation: str) -> Iterator[None]:
+        """aiohttp's connection failures → gateway errors, in one place."""
+        try:
+            yield
+        except GatewayError:
+            raise
+        except TimeoutError as exc:  # aiohttp's timeouts are TimeoutError subclasses
+            raise UpstreamTimeoutError(f"Chert did not answer {operation} in time") from exc
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+            raise UpstreamUnavailableError(
+                f"could not reach Chert for {operation}: {type(exc).__name__}"
+            ) from exc
+        except aiohttp.ClientResponseError as exc:
+            raise self._redacted(
+                UpstreamError(f"Chert's {operation} answer was malformed: {exc.message}")
+            ) from exc
 
     @contextmanager
     def _timed(self, operation: str) -> Iterator[_Call]:
@@ -366,7 +427,7 @@ def _retry_reason(exc: Exception) -> str:
     """A bounded label for why a call was retried."""
     if isinstance(exc, GatewayError):
         if exc.chert_code is not None:
-            return str(exc.chert_code)
+            return str(exc.chert_code) if exc.chert_code == NO_SENDER_LINE else "chert_other"
         return exc.code
     return "other"
 
@@ -379,18 +440,9 @@ def _retry_after(exc: Exception) -> float | None:
     return exc.retry_after if isinstance(exc, GatewayError) else None
 
 
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: rare from an API; the backoff stands in
-
-
 async def _answer_to_error(response: aiohttp.ClientResponse, operation: str) -> GatewayError:
     status = response.status
-    retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
     if 300 <= status < 400:
         return UpstreamError(
             f"Chert answered {operation} with a redirect ({status}); refused, the secret "
@@ -400,9 +452,10 @@ async def _answer_to_error(response: aiohttp.ClientResponse, operation: str) -> 
     raw = await response.content.read(MAX_ERROR_BODY_BYTES)
     try:
         error = orjson.loads(raw).get("error") or {}
-        if isinstance(error.get("code"), int):
-            chert_code = error["code"]
-        chert_message = str(error.get("message") or "")
+        code = error.get("code")
+        if isinstance(code, int) and not isinstance(code, bool) and 0 < code < MAX_CHERT_CODE:
+            chert_code = code
+        chert_message = _quotable(str(error.get("message") or ""))
     except (orjson.JSONDecodeError, AttributeError):
         pass
     detail = f"Chert answered {operation} with {status}"
@@ -410,8 +463,14 @@ async def _answer_to_error(response: aiohttp.ClientResponse, operation: str) -> 
         detail += f" (code {chert_code})"
     if chert_message:
         detail += f": {chert_message}"
-    if status == 429 or chert_code == NO_SENDER_LINE or (status >= 500 and chert_code is None):
+    if (
+        status == 429
+        or chert_code == NO_SENDER_LINE
+        or (status >= 500 and chert_code != DELIVERY_FAILED)
+    ):
         return UpstreamUnavailableError(detail, chert_code=chert_code, retry_after=retry_after)
+    if chert_code in INVALID_CONTENT and operation in CALLER_CONTENT_OPERATIONS:
+        return InvalidRequestError(detail, chert_code=chert_code)
     if status in (401, 403):
         return UpstreamError(
             f"{detail} (is the gateway's Chert secret right?)", chert_code=chert_code
@@ -421,18 +480,18 @@ async def _answer_to_error(response: aiohttp.ClientResponse, operation: str) -> 
     return UpstreamError(detail, chert_code=chert_code)
 
 
-@contextmanager
-def _map_transport_errors(operation: str) -> Iterator[None]:
-    """aiohttp's connection failures → gateway errors, in one place."""
-    try:
-        yield
-    except GatewayError:
-        raise
-    except TimeoutError as exc:  # aiohttp's timeouts are TimeoutError subclasses
-        raise UpstreamTimeoutError(f"Chert did not answer {operation} in time") from exc
-    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
-        raise UpstreamUnavailableError(
-            f"could not reach Chert for {operation}: {type(exc).__name__}"
-        ) from exc
-    except aiohttp.ClientResponseError as exc:
-        raise UpstreamError(f"Chert's {operation} answer was malformed: {exc.message}") from exc
+def _quotable(text: str) -> str:
+    """Chert's message, fit to quote in an answer and a log line: one line, short."""
+    line = " ".join(text.split())
+    return line if len(line) <= MAX_QUOTED_CHARS else line[: MAX_QUOTED_CHARS - 1] + "…"
+
+
+def _check_headers(headers: dict[str, str]) -> None:
+    """Refuse a slot whose required headers are not valid HTTP: a CR LF in a
+    value would split the PUT's head (and aiohttp would refuse it later, as
+    an error of ours)."""
+    for name, value in headers.items():
+        if not HEADER_NAME_RE.match(name) or any(c in value for c in "\r\n\x00"):
+            raise UpstreamError(
+                "Chert's upload slot asks for a header that is not valid HTTP; nothing was uploaded"
+            )

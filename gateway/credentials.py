@@ -15,6 +15,9 @@ from pathlib import Path
 # How often, at most, the file is stat()ed: once a second is quick enough for a
 # rotation and keeps a syscall off every request.
 RECHECK_SECONDS = 1.0
+# Values a rotation replaced, still remembered so they can be kept out of
+# answers and logs (a peer may quote the old one for a while).
+REMEMBERED_PREVIOUS = 4
 
 
 class CredentialError(Exception):
@@ -34,6 +37,7 @@ class Credential:
         self._stamp: tuple[int, int] | None = None
         self._checked_at = float("-inf")
         self._values: tuple[str, ...] = ()
+        self._previous: tuple[str, ...] = ()
         if inline is not None:
             self._values = self._parse(inline)
         else:
@@ -59,7 +63,10 @@ class Credential:
             st = self._path.stat()
             stamp = (st.st_mtime_ns, st.st_ino)
             if stamp != self._stamp:
-                self._values = self._parse(self._path.read_text(encoding="utf-8"))
+                values = self._parse(self._path.read_text(encoding="utf-8"))
+                replaced = tuple(v for v in self._values if v not in values)
+                self._previous = (replaced + self._previous)[:REMEMBERED_PREVIOUS]
+                self._values = values
                 self._stamp = stamp
         except OSError as exc:
             raise CredentialError(f"cannot read {self._path}: {exc.strerror}") from None
@@ -75,6 +82,10 @@ class Credential:
             with contextlib.suppress(CredentialError):
                 self._reload()
         return self._values
+
+    def known_values(self, now: float) -> tuple[str, ...]:
+        """The current value(s) and the last few that a rotation replaced."""
+        return self.values(now) + self._previous
 
     def current(self, now: float) -> str:
         return self.values(now)[0]

@@ -27,11 +27,17 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from gateway.retry import parse_retry_after
+
 
 class GatewayError(Exception):
     code: ClassVar[str] = "internal_error"
     status: ClassVar[int] = 500
     retryable: ClassVar[bool] = False
+    # The Retry-After an answer carries when the raiser named none: every 503
+    # tells the caller when to come back (SPEC). Not a wait for the gateway's
+    # own retries, which take only what Chert said.
+    default_retry_after: ClassVar[float | None] = None
 
     def __init__(
         self,
@@ -127,12 +133,14 @@ class OverloadedError(GatewayError):
     code = "overloaded"
     status = 503
     retryable = True
+    default_retry_after = 1
 
 
 class UpstreamUnavailableError(GatewayError):
     code = "upstream_unavailable"
     status = 503
     retryable = True
+    default_retry_after = 2
 
 
 class UpstreamTimeoutError(GatewayError):
@@ -163,7 +171,7 @@ def from_answer(status: int, body: Any, retry_after: str | None = None) -> Gatew
     exc = cls(
         str(error.get("message", "")),
         chert_code=error.get("chert_code"),
-        retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+        retry_after=parse_retry_after(retry_after),
         retryable=bool(error.get("retryable", cls.retryable)),
     )
     exc.request_id = error.get("request_id")

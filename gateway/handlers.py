@@ -255,11 +255,10 @@ async def attachment_content(request: web.Request) -> web.StreamResponse:
     the caller sees a short body, never a silently truncated file.
     """
     attachment_id = intake.attachment_id(request)
-    async with request.app[CHERT].open_content(attachment_id) as upstream:
+    chert = request.app[CHERT]
+    async with chert.open_content(attachment_id) as upstream:
         response = web.StreamResponse(status=200)
-        for name in PASSED_DOWNLOAD_HEADERS:
-            if name in upstream.headers:
-                response.headers[name] = upstream.headers[name]
+        response.headers.update(chert.passed_headers(upstream, PASSED_DOWNLOAD_HEADERS))
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_chunked(CHUNK_BYTES):

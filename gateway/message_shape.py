@@ -48,10 +48,11 @@ class SendBody:
 def check_send_body(body: Any) -> SendBody:
     if not isinstance(body, dict):
         raise ShapeError("the body must be a JSON object")
+    if "parts" in body:
+        # send-follow-up-message.md: "Top-level parts will be rejected."
+        raise ShapeError("the body is wrapped in message; top-level parts are rejected")
     message = body.get("message")
     if message is None:
-        if "parts" in body:
-            raise ShapeError("the body is wrapped in message; top-level parts are rejected")
         raise ShapeError("missing required field: message", missing=True)
     if not isinstance(message, dict):
         raise ShapeError("message must be an object")

@@ -15,9 +15,34 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 T = TypeVar("T")
+
+# The longest wait a Retry-After may ask for, from Chert or of the gateway's
+# own: a larger value (or `inf`, or a date years away) would park a caller
+# for longer than any upload here takes.
+MAX_RETRY_AFTER_SECONDS = 60.0
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header (RFC 9110 §10.2.3) in seconds, capped; None when
+    absent or malformed. It is either delay-seconds (digits only) or an
+    HTTP-date; `now` is the Unix time a date is measured from."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return min(float(int(value)), MAX_RETRY_AFTER_SECONDS)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # RFC 9110: an HTTP-date is always GMT
+        return None
+    now = time.time() if now is None else now
+    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER_SECONDS)
 
 
 @dataclass(frozen=True)

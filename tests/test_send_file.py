@@ -225,14 +225,14 @@ async def test_4001_is_not_retried_and_maps_to_502(
 
 
 @pytest.mark.parametrize("code", [1002, 1003])
-async def test_1002_and_1003_pass_their_code_on(
+async def test_1002_and_1003_are_the_callers_400_with_their_code(
     gateway: TestClient[Any, Any], simulator: ChertSimulator, code: int
 ) -> None:
     simulator.faults.update({"fail_sends": 1, "fail_send_code": code})
     status, answer, _ = await send(gateway, png_bytes(500))
     assert (status, answer["error"]["code"], answer["error"]["chert_code"]) == (
-        502,
-        "upstream_error",
+        400,
+        "invalid_request",
         code,
     )
     assert len(simulator.state.requests_to("POST", "/messages")) == 1

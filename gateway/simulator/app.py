@@ -180,6 +180,29 @@ class ChertSimulator:
             raise ChertError(400, INVALID, "request body must be a JSON object")
         return body
 
+    def _canned(self, request: web.Request, call: str) -> web.Response | None:
+        """The next canned answer for `call`, if a test asked for one."""
+        queue = self.faults.canned.get(call)
+        if not queue:
+            return None
+        answer = queue.pop(0)
+        quoted = request.headers.get("Authorization", "")
+
+        def fill(value: Any) -> Any:
+            if isinstance(value, str):
+                return value.replace("{authorization}", quoted)
+            if isinstance(value, dict):
+                return {fill(k): fill(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [fill(v) for v in value]
+            return value
+
+        headers = fill(answer.get("headers") or {})
+        body = answer.get("body")
+        if isinstance(body, str):
+            return web.Response(status=answer["status"], text=fill(body), headers=headers)
+        return _json(fill(body), status=answer["status"], headers=headers)
+
     def _attachment(self, request: web.Request) -> Attachment:
         attachment = self.state.attachments.get(request.match_info["attachment_id"])
         if attachment is None:
@@ -191,6 +214,8 @@ class ChertSimulator:
     async def create_attachment(self, request: web.Request) -> web.Response:
         self._authorize(request)
         body = await self._json_body(request)
+        if (canned := self._canned(request, "create")) is not None:
+            return canned
         faults = self.faults
         if faults.create_delay_seconds:
             await asyncio.sleep(faults.create_delay_seconds)
@@ -240,6 +265,7 @@ class ChertSimulator:
                 "required_headers": {
                     "authorization": SECRET_PLACEHOLDER,
                     "content-type": content_type,
+                    **faults.extra_required_headers,
                 },
                 "expires_at": _iso(attachment.expires_at),
             }
@@ -249,6 +275,8 @@ class ChertSimulator:
 
     async def upload(self, request: web.Request) -> web.Response:
         self._authorize(request)
+        if (canned := self._canned(request, "upload")) is not None:
+            return canned
         attachment = self._attachment(request)
         if time.time() > attachment.expires_at:
             raise ChertError(400, INVALID, "upload slot has expired; create a new one")
@@ -360,6 +388,8 @@ class ChertSimulator:
     async def send_message(self, request: web.Request) -> web.Response:
         self._authorize(request)
         body = await self._json_body(request)
+        if (canned := self._canned(request, "send")) is not None:
+            return canned
         faults = self.faults
         if faults.send_delay_seconds:
             await asyncio.sleep(faults.send_delay_seconds)

@@ -75,6 +75,13 @@ class Faults:
     upload_origin: str | None = None
     # Slot lifetime; Chert's is 15 minutes.
     slot_ttl_seconds: float = 15 * 60
+    # One-shot answers given instead of the real ones, by call ("create",
+    # "upload", "send"): each {"status": int, "body": JSON, "headers": {...}}.
+    # "{authorization}" in any of their strings becomes the request's
+    # Authorization header: an upstream (or a proxy) that quotes the request.
+    canned: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Merged into the slot answer's required_headers.
+    extra_required_headers: dict[str, str] = field(default_factory=dict)
 
     def update(self, changes: dict[str, Any]) -> None:
         known = {f.name: f for f in dataclasses.fields(self)}
