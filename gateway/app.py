@@ -30,6 +30,7 @@ from gateway.errors import (
     PayloadTooLargeError,
     UnauthorizedError,
 )
+from gateway.http_protocol import OnRefusal
 from gateway.idempotency import IdempotencyStore
 from gateway.metrics import Metrics
 from gateway.pipeline import UploadPipeline
@@ -76,6 +77,10 @@ def _from_http_exception(exc: web.HTTPException) -> GatewayError:
 def _outcome(request: web.Request, error: GatewayError | None) -> str:
     if error is None:
         return str(request.get(handlers.OUTCOME_KEY, "ok"))
+    return _outcome_of(error)
+
+
+def _outcome_of(error: GatewayError) -> str:
     return "rejected" if error.code in REJECTED_CODES else error.code
 
 
@@ -170,6 +175,28 @@ def _record(
     access_log.info(
         "%s %s %s", request.method, request.path, response.status, extra={"fields": fields}
     )
+
+
+def refusal_recorder(metrics: Metrics) -> OnRefusal:
+    """Counts and logs what the HTTP layer refused before any route (http_protocol)."""
+
+    def refused(error: GatewayError, request_id: str, exc: BaseException | None) -> None:
+        outcome = _outcome_of(error)
+        metrics.requests.labels("unmatched", outcome).inc()
+        fields = {
+            "request_id": request_id,
+            "route": "unmatched",
+            "status": error.status,
+            "outcome": outcome,
+            "error_code": error.code,
+            "error": error.message,
+        }
+        if exc is not None:
+            log.error("unexpected error", exc_info=exc, extra={"fields": fields})
+        else:
+            access_log.warning("refused: %s", error.message, extra={"fields": fields})
+
+    return refused
 
 
 @web.middleware

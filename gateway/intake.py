@@ -14,11 +14,18 @@ import hashlib
 import re
 import time
 import unicodedata
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import StreamReader, hdrs, web
-from aiohttp.multipart import content_disposition_filename, parse_content_disposition
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.multipart import (
+    BadContentDispositionHeader,
+    BadContentDispositionParam,
+    content_disposition_filename,
+    parse_content_disposition,
+)
 
 from gateway import media
 from gateway.errors import (
@@ -29,6 +36,7 @@ from gateway.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
+from gateway.http_protocol import parser_reason
 from gateway.progress import ProgressDeadline
 
 # Chert's ids (chats, attachments) are UUIDs, hex or prefixed hex (in_536f…): allow any plain
@@ -41,6 +49,7 @@ MAX_FILENAME_BYTES = 255
 # multipart part's read_chunk. Both give b"" at the end.
 ReadFn = Callable[[int], Awaitable[bytes]]
 MAX_CAPTION_CHARS = 10_000
+DIGEST_READ_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -85,9 +94,13 @@ def caption(request: web.Request) -> str | None:
 
 
 def clean_filename(raw: str) -> str:
-    """The base name of `raw`, refused if it holds control characters."""
-    if any(unicodedata.category(ch) == "Cc" for ch in raw):
+    """The base name of `raw`, refused if it holds control characters or is
+    not text (aiohttp hands on undecodable header bytes as lone surrogates)."""
+    categories = {unicodedata.category(ch) for ch in raw}
+    if "Cc" in categories:
         raise InvalidRequestError("filename contains control characters")
+    if "Cs" in categories or "\ufffd" in raw:
+        raise InvalidRequestError("filename is not valid UTF-8")
     name = re.split(r"[/\\]", raw)[-1].strip()
     if name in ("", ".", ".."):
         raise InvalidRequestError(f"filename {raw!r} has no base name")
@@ -96,13 +109,29 @@ def clean_filename(raw: str) -> str:
     return name
 
 
+def disposition_param(value: str | None, name: str) -> str | None:
+    """A Content-Disposition parameter (`filename`, `name`) as RFC 6266 reads
+    it, `filename*` first; 400 for a header aiohttp's parser finds malformed
+    (it warns and drops the parameter, which would hide the caller's name)."""
+    if not value:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BadContentDispositionParam)
+        warnings.simplefilter("error", BadContentDispositionHeader)
+        try:
+            _, params = parse_content_disposition(value)
+        except (BadContentDispositionParam, BadContentDispositionHeader):
+            raise InvalidRequestError(
+                "Content-Disposition is malformed (RFC 6266); filename*=UTF-8''… "
+                "must be percent-encoded UTF-8"
+            ) from None
+    return content_disposition_filename(params, name)
+
+
 def _given_filename(request: web.Request) -> str | None:
-    disposition = request.headers.get(hdrs.CONTENT_DISPOSITION)
-    if disposition:
-        _, params = parse_content_disposition(disposition)
-        name = content_disposition_filename(params, "filename")
-        if name:
-            return name
+    name = disposition_param(request.headers.get(hdrs.CONTENT_DISPOSITION), "filename")
+    if name:
+        return name
     return request.headers.get("X-Filename") or request.query.get("filename") or None
 
 
@@ -128,6 +157,21 @@ def resolve_file_meta(given_filename: str | None, declared_type: str) -> FileMet
             f"Chert does not take {content_type}; it takes {', '.join(media.SUPPORTED_TYPES)}"
         )
     return FileMeta(filename or media.default_filename(content_type), content_type)
+
+
+def check_encoding(request: web.Request) -> None:
+    """415 for a body that is encoded (gzip, br…): the gateway neither decodes
+    it nor passes on bytes whose size and hash would not describe the file."""
+    coding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if coding not in ("", "identity"):
+        raise UnsupportedMediaTypeError(
+            f"Content-Encoding {coding!r} is not taken: send the file's own bytes, unencoded"
+        )
+    transfer = request.headers.get(hdrs.TRANSFER_ENCODING)
+    if transfer is not None and transfer.strip().lower() != "chunked":
+        raise UnsupportedMediaTypeError(
+            f"Transfer-Encoding {transfer!r} is not taken: send chunked, or Content-Length"
+        )
 
 
 def declared_size(request: web.Request, limit: int) -> int | None:
@@ -168,6 +212,17 @@ async def send_continue(request: web.Request) -> None:
 
 async def defer_continue(request: web.Request) -> None:
     """An expect_handler that leaves the decision to the handler (see send_continue)."""
+
+
+async def digest(read: ReadFn, *, limit: int, client_timeout: float) -> tuple[int, str]:
+    """Read a body to its end, keeping nothing but its size and SHA-256."""
+    reader = CallerReader(read, client_timeout=client_timeout)
+    hasher = hashlib.sha256()
+    while chunk := await reader.read(DIGEST_READ_BYTES):
+        if reader.received > limit:
+            raise PayloadTooLargeError(f"the body passed the {limit}-byte limit")
+        hasher.update(chunk)
+    return reader.received, hasher.hexdigest()
 
 
 class BodyDigest:
@@ -226,6 +281,12 @@ class CallerReader:
             raise self.fail(
                 ClientAbortedError(f"the caller left after sending {self.received} bytes")
             ) from exc
+        except GatewayError as exc:  # the HTTP layer found the body malformed
+            raise self.fail(exc) from None
+        except (ValueError, HttpProcessingError) as exc:  # a form's part, malformed
+            raise self.fail(
+                InvalidRequestError(f"the body is malformed: {parser_reason(exc)}")
+            ) from None
         if self.first_byte_at is None and chunk:
             self.first_byte_at = time.perf_counter()
         self.received += len(chunk)

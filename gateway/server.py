@@ -24,11 +24,13 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.admission import Admission
-from gateway.app import create_app, create_ops_app
+from gateway.app import create_app, create_ops_app, refusal_recorder
 from gateway.config import ListenAddress, Settings
 from gateway.credentials import Credential
+from gateway.http_protocol import GatewayRunner
 from gateway.metrics import Metrics
 from gateway.simulator import ChertSimulator
+from gateway.state import METRICS
 
 log = logging.getLogger("chert_gateway")
 
@@ -41,6 +43,13 @@ RUNNER_OPTIONS: dict[str, Any] = {"access_log": None, "handler_cancellation": Fa
 # After the drain, what is still open (idle keep-alive connections) gets this
 # long to close.
 CLOSE_GRACE_SECONDS = 2.0
+
+
+def api_runner(app: web.Application, **kwargs: Any) -> GatewayRunner:
+    """The runner the API is served with, by `serve` and by the tests alike."""
+    return GatewayRunner(
+        app, on_refusal=refusal_recorder(app[METRICS]), **{**kwargs, **RUNNER_OPTIONS}
+    )
 
 
 @dataclass(frozen=True)
@@ -98,10 +107,9 @@ async def serve(
             runners.append(sim_runner)
         metrics = Metrics()
         admission = Admission(settings.max_in_flight)
-        api = web.AppRunner(
+        api = api_runner(
             create_app(settings, metrics=metrics, admission=admission),
             shutdown_timeout=CLOSE_GRACE_SECONDS,
-            **RUNNER_OPTIONS,
         )
         ops = web.AppRunner(create_ops_app(metrics, admission), **RUNNER_OPTIONS)
         for runner in (api, ops):

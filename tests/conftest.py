@@ -17,8 +17,9 @@ from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.server import RUNNER_OPTIONS
+from gateway.server import RUNNER_OPTIONS, api_runner
 from gateway.simulator import ChertSimulator
+from gateway.state import METRICS
 
 SECRET = "sim-secret-7f3c2a9e41b8d5"
 CHAT_ID = "0f2d3c1a-8b4e-4f6a-90d2-1a3b4c5d6e7f"
@@ -27,13 +28,16 @@ GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application
 
 
 class ServerAsDeployed(TestServer):
-    """aiohttp's TestServer, but run with the options `serve` uses.
+    """aiohttp's TestServer, but run with the runner and options `serve` uses.
 
     The stock one cancels a handler when its caller disconnects; the gateway
-    runs without that, and must be tested as it runs.
+    runs without that, and with its own HTTP protocol (http_protocol.py),
+    and must be tested as it runs. The simulator gets the same options.
     """
 
     async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        if METRICS in self.app:
+            return api_runner(self.app, **kwargs)
         return web.AppRunner(self.app, **{**kwargs, **RUNNER_OPTIONS})
 
 
