@@ -10,36 +10,46 @@ sent; if any file fails, the others are cancelled and nothing is sent.
 Fields: `text` (a text part), `rich_link` (a URL), `parallel_attachments`
 (`true`/`false`; when absent it is set for two or more images), and any
 number of file parts (any field name, each with a filename).
+
+Every dimension is bounded (the README names each number): files, other
+fields, each field's size and their total. A limit is enforced the moment
+it is crossed, before anything more is uploaded. Chert's own rules for the
+message (parallel_attachments takes two or more images) are checked as soon
+as the form has said enough, and always before the send.
+
+A form can also be read without uploading (`digest_form`): the replay of a
+completed Idempotency-Key hashes its files to tell the same request from a
+different one.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader, hdrs
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway import intake, media
-from gateway.errors import InvalidRequestError
-from gateway.message_shape import URL_RE
+from gateway.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from gateway.http_protocol import parser_reason
+from gateway.idempotency import fingerprint
+from gateway.message_shape import URL_RE, ShapeError, check_send_body
 from gateway.pipeline import Timings, UploadedFile, UploadPipeline
-from gateway.spool import Spool, SpooledBody
+from gateway.spool import Spool
 
 MAX_FILES = 10
+MAX_FIELDS = 20  # parts that are not files: text, rich_link, parallel_attachments
 MAX_FIELD_BYTES = 64 * 1024
+MAX_FIELDS_TOTAL_BYTES = 256 * 1024
 # Files uploaded to Chert at once for one form; more wait their turn.
 UPLOAD_CONCURRENCY = 3
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-@dataclass
-class FormMessage:
-    parts: list[dict[str, Any]]
-    uploads: list[UploadedFile]
-    parallel_attachments: bool | None
-    file_timings: list[Timings] = field(default_factory=list)
+# A part's own transfer coding: only those that leave the bytes as they are.
+IDENTITY_CODINGS = frozenset({"", "identity", "binary", "8bit", "7bit"})
 
 
 @dataclass(frozen=True)
@@ -50,89 +60,237 @@ class FormLimits:
     sha256: bool = True
 
 
+@dataclass(frozen=True)
+class FileSeen:
+    """What a form's file is, for the request's fingerprint."""
+
+    meta: intake.FileMeta
+    size: int
+    sha256: str | None
+
+
+@dataclass
+class FormMessage:
+    parts: list[dict[str, Any]]
+    uploads: list[UploadedFile]
+    parallel_attachments: bool | None
+    file_timings: list[Timings] = field(default_factory=list)
+    # The whole request, fields and file bytes: for idempotency.
+    fingerprint: str = ""
+
+
+# Takes one file part; returns what will, once awaited, describe it.
+FileHandler = Callable[[intake.FileMeta, BodyPartReader], Awaitable["asyncio.Future[Any]"]]
+
+
 async def read_form(
-    reader: MultipartReader, *, spool: Spool, pipeline: UploadPipeline, limits: FormLimits
+    reader: MultipartReader,
+    *,
+    chat_id: str,
+    spool: Spool,
+    pipeline: UploadPipeline,
+    limits: FormLimits,
 ) -> FormMessage:
     """Read the whole form, uploading its files as they arrive; return the parts."""
-    entries: list[dict[str, Any] | int] = []  # an int is the index of an upload
-    uploads: list[asyncio.Task[UploadedFile]] = []
-    timings: list[Timings] = []
-    parallel: bool | None = None
     gate = asyncio.Semaphore(UPLOAD_CONCURRENCY)
 
-    async def upload(
-        meta: intake.FileMeta, body: SpooledBody, file_timings: Timings
-    ) -> UploadedFile:
-        async with gate:
-            return await pipeline.upload(meta, body, file_timings)
-
     async with AsyncExitStack() as spooled_files:
-        try:
-            async for part in reader:
-                _raise_first_failure(uploads)
-                if not isinstance(part, BodyPartReader):
-                    raise InvalidRequestError("nested multipart bodies are not taken")
-                if part.filename is None:
-                    name, value = part.name or "", await _read_field(part)
-                    if name == "parallel_attachments":
-                        parallel = _boolean(value)
-                    elif (entry := _field_part(name, value)) is not None:
-                        entries.append(entry)
-                    continue
-                if len(uploads) == MAX_FILES:
-                    raise InvalidRequestError(f"at most {MAX_FILES} files in one message")
-                meta = intake.resolve_file_meta(
-                    part.filename, part.headers.get(hdrs.CONTENT_TYPE, "")
+
+        async def upload(meta: intake.FileMeta, part: BodyPartReader) -> asyncio.Future[Any]:
+            body = await spooled_files.enter_async_context(
+                spool.receive(
+                    part.read_chunk,
+                    meta,
+                    limit=limits.max_upload_bytes,
+                    chunk_size=limits.chunk_size,
+                    client_timeout=limits.client_timeout,
+                    sha256=limits.sha256,
                 )
-                body = await spooled_files.enter_async_context(
-                    spool.receive(
-                        part.read_chunk,
-                        meta,
-                        limit=limits.max_upload_bytes,
-                        chunk_size=limits.chunk_size,
-                        client_timeout=limits.client_timeout,
-                        sha256=limits.sha256,
+            )
+            timings = Timings()
+
+            async def run() -> tuple[UploadedFile, Timings]:
+                async with gate:
+                    return await pipeline.upload(meta, body, timings), timings
+
+            return asyncio.ensure_future(run())
+
+        form = await _read(reader, upload)
+    uploads = [done for done, _ in form.files]
+    return FormMessage(
+        parts=form.parts([u.attachment_id for u in uploads]),
+        uploads=uploads,
+        parallel_attachments=form.parallel,
+        file_timings=[timings for _, timings in form.files],
+        fingerprint=form.fingerprint(chat_id, [_seen(u) for u in uploads]),
+    )
+
+
+async def digest_form(reader: MultipartReader, *, chat_id: str, limits: FormLimits) -> str:
+    """The fingerprint of a form, read and hashed but uploaded nowhere."""
+
+    async def digest(meta: intake.FileMeta, part: BodyPartReader) -> asyncio.Future[Any]:
+        size, sha256 = await intake.digest(
+            part.read_chunk, limit=limits.max_upload_bytes, client_timeout=limits.client_timeout
+        )
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(FileSeen(meta, size, sha256))
+        return done
+
+    form = await _read(reader, digest)
+    return form.fingerprint(chat_id, list(form.files))
+
+
+def _seen(upload: UploadedFile) -> FileSeen:
+    return FileSeen(upload.meta, upload.size_bytes, upload.sha256)
+
+
+@dataclass
+class _Form:
+    """A form as read: its fields and files in order, and what they came to."""
+
+    entries: list[dict[str, Any] | int] = field(default_factory=list)  # int: a file's index
+    metas: list[intake.FileMeta] = field(default_factory=list)
+    files: list[Any] = field(default_factory=list)  # what each file handler's future gave
+    parallel: bool | None = None
+    fields: int = 0
+    field_bytes: int = 0
+
+    def parts(self, attachment_ids: list[str]) -> list[dict[str, Any]]:
+        return [
+            {"type": "media", "attachment_id": attachment_ids[e]} if isinstance(e, int) else e
+            for e in self.entries
+        ]
+
+    def fingerprint(self, chat_id: str, files: list[FileSeen]) -> str:
+        described = [
+            [files[e].meta.filename, files[e].meta.content_type, files[e].size, files[e].sha256]
+            if isinstance(e, int)
+            else e
+            for e in self.entries
+        ]
+        return fingerprint("send_form", chat_id, described, self.parallel)
+
+
+async def _read(reader: MultipartReader, on_file: FileHandler) -> _Form:
+    form = _Form()
+    pending: list[asyncio.Future[Any]] = []
+    try:
+        while (part := await _next_part(reader)) is not None:
+            _raise_first_failure(pending)
+            filename = intake.disposition_param(
+                part.headers.get(hdrs.CONTENT_DISPOSITION), "filename"
+            )
+            _check_coding(part)
+            if filename is None:
+                await _take_field(form, part)
+                continue
+            if len(form.metas) == MAX_FILES:
+                raise InvalidRequestError(f"at most {MAX_FILES} files in one message")
+            meta = intake.resolve_file_meta(filename, part.headers.get(hdrs.CONTENT_TYPE, ""))
+            form.metas.append(meta)
+            _check_parallel(form)
+            form.entries.append(len(pending))
+            pending.append(await on_file(meta, part))
+        if not form.entries:
+            raise InvalidRequestError("the form has no text, file or rich_link")
+        _check_message(form)
+        form.files = list(await asyncio.gather(*pending))
+    except BaseException:
+        # One failure (or the caller leaving) stops the rest: no message.
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        raise
+    if form.parallel is None and len(form.metas) >= 2:
+        form.parallel = all(m.content_type in media.IMAGE_TYPES for m in form.metas) or None
+    return form
+
+
+async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
+    """The next part; a malformed form is the caller's 400, whatever aiohttp raised."""
+    try:
+        part = await reader.next()
+    except (ValueError, KeyError, AssertionError, HttpProcessingError) as exc:
+        raise InvalidRequestError(f"the form is malformed: {parser_reason(exc)}") from None
+    if part is None:
+        return None
+    if not isinstance(part, BodyPartReader):
+        raise InvalidRequestError("nested multipart bodies are not taken")
+    return part
+
+
+def _check_coding(part: BodyPartReader) -> None:
+    for header in (hdrs.CONTENT_ENCODING, hdrs.CONTENT_TRANSFER_ENCODING):
+        coding = part.headers.get(header, "").strip().lower()
+        if coding not in IDENTITY_CODINGS:
+            raise UnsupportedMediaTypeError(
+                f"a form part with {header} {coding!r} is not taken: send the file's own bytes"
+            )
+
+
+async def _take_field(form: _Form, part: BodyPartReader) -> None:
+    form.fields += 1
+    if form.fields > MAX_FIELDS:
+        raise InvalidRequestError(f"at most {MAX_FIELDS} fields besides the files")
+    name = intake.disposition_param(part.headers.get(hdrs.CONTENT_DISPOSITION), "name") or ""
+    value = await _read_field(part, name, MAX_FIELDS_TOTAL_BYTES - form.field_bytes)
+    form.field_bytes += len(value.encode())
+    if name == "parallel_attachments":
+        form.parallel = _boolean(value)
+        _check_parallel(form)
+    elif (entry := _field_part(name, value)) is not None:
+        form.entries.append(entry)
+
+
+async def _read_field(part: BodyPartReader, name: str, room: int) -> str:
+    limit = min(MAX_FIELD_BYTES, room)
+    data = bytearray()
+    try:
+        while chunk := await part.read_chunk(MAX_FIELD_BYTES):
+            data += chunk
+            if len(data) > limit:
+                if limit < MAX_FIELD_BYTES:
+                    raise PayloadTooLargeError(
+                        f"the form's fields are over {MAX_FIELDS_TOTAL_BYTES} bytes in all"
                     )
-                )
-                timings.append(Timings())
-                entries.append(len(uploads))
-                uploads.append(asyncio.create_task(upload(meta, body, timings[-1])))
-            if not entries:
-                raise InvalidRequestError("the form has no text, file or rich_link")
-            done = list(await asyncio.gather(*uploads))
-        except BaseException:
-            # One failure (or the caller leaving) stops the rest: no message.
-            for task in uploads:
-                task.cancel()
-            await asyncio.gather(*uploads, return_exceptions=True)
-            raise
-
-    parts = [
-        {"type": "media", "attachment_id": done[e].attachment_id} if isinstance(e, int) else e
-        for e in entries
-    ]
-    if parallel is None and len(done) >= 2:
-        parallel = all(u.meta.content_type in media.IMAGE_TYPES for u in done) or None
-    return FormMessage(parts, done, parallel, timings)
-
-
-def _raise_first_failure(uploads: list[asyncio.Task[UploadedFile]]) -> None:
-    """Stop reading the form as soon as one of its uploads has failed."""
-    for task in uploads:
-        if task.done() and not task.cancelled() and (error := task.exception()) is not None:
-            raise error
-
-
-async def _read_field(part: BodyPartReader) -> str:
-    data = b""
-    while chunk := await part.read_chunk(MAX_FIELD_BYTES):
-        data += chunk
-        if len(data) > MAX_FIELD_BYTES:
-            raise InvalidRequestError(f"form field {part.name!r} is over {MAX_FIELD_BYTES} bytes")
+                raise PayloadTooLargeError(f"form field {name!r} is over {MAX_FIELD_BYTES} bytes")
+    except (ValueError, HttpProcessingError) as exc:
+        raise InvalidRequestError(f"the form is malformed: {parser_reason(exc)}") from None
     try:
         return data.decode(part.get_charset("utf-8"))
     except (UnicodeDecodeError, LookupError):
-        raise InvalidRequestError(f"form field {part.name!r} is not valid text") from None
+        raise InvalidRequestError(f"form field {name!r} is not valid text") from None
+
+
+def _check_parallel(form: _Form) -> None:
+    """parallel_attachments=true takes images only: say so before uploading one that isn't."""
+    if not form.parallel:
+        return
+    for meta in form.metas:
+        if meta.content_type not in media.IMAGE_TYPES:
+            raise InvalidRequestError(
+                f"parallel_attachments takes images only; {meta.filename} is {meta.content_type}"
+            )
+
+
+def _check_message(form: _Form) -> None:
+    """The message as Chert will see it, checked against its rules before the send."""
+    placeholders = [f"file-{n}" for n in range(len(form.metas))]
+    payload: dict[str, Any] = {"message": {"parts": form.parts(placeholders)}}
+    if form.parallel is not None:
+        payload["parallel_attachments"] = form.parallel
+    try:
+        check_send_body(payload)
+    except ShapeError as exc:
+        raise InvalidRequestError(str(exc)) from None
+
+
+def _raise_first_failure(pending: list[asyncio.Future[Any]]) -> None:
+    """Stop reading the form as soon as one of its uploads has failed."""
+    for task in pending:
+        if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+            raise error
 
 
 def _field_part(name: str, value: str) -> dict[str, Any] | None:

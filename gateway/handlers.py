@@ -13,11 +13,11 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp import hdrs, web
+from aiohttp import MultipartReader, hdrs, web
 
 from gateway import intake, media, tuning
 from gateway.errors import InvalidRequestError, UnsupportedMediaTypeError
-from gateway.form import FormLimits, read_form
+from gateway.form import FormLimits, digest_form, read_form
 from gateway.idempotency import fingerprint
 from gateway.intake import CallerBody
 from gateway.message_shape import ShapeError, check_send_body
@@ -69,16 +69,39 @@ def _done(request: web.Request, outcome: str, answer: dict[str, Any] | None = No
     }
 
 
-def _replay(request: web.Request, answer: dict[str, Any]) -> web.Response:
-    _done(request, "replayed", answer)
-    response = json_response(answer, status=201)
+def _replay(request: web.Request, answer: bytes) -> web.Response:
+    _done(request, "replayed", orjson.loads(answer))
+    response = web.Response(body=answer, status=201, content_type="application/json")
     response.headers[REPLAYED_HEADER] = "true"
     return response
 
 
+async def _file_print(request: web.Request) -> str:
+    """A repeat's body, read and hashed but sent nowhere: what `_body_print` was."""
+    settings = request.app[SETTINGS]
+    await intake.send_continue(request)
+    size, sha256 = await intake.digest(
+        request.content.read,
+        limit=settings.max_upload_bytes,
+        client_timeout=settings.client_timeout,
+    )
+    return f"{size}:{sha256}"
+
+
+def _body_print(answer: dict[str, Any]) -> str | None:
+    """What the first request's body was, told by its answer (sha256 is always
+    taken when the caller gave a key)."""
+    return f"{answer['size_bytes']}:{answer['sha256']}" if answer["sha256"] else None
+
+
+def _hashes(request: web.Request, given_key: str | None) -> bool:
+    """SHA-256 on: as configured, and always when a key may bring the body back."""
+    return request.app[SETTINGS].sha256 or given_key is not None
+
+
 @asynccontextmanager
 async def _incoming_file(
-    request: web.Request, meta: intake.FileMeta, size: int | None
+    request: web.Request, meta: intake.FileMeta, size: int | None, *, sha256: bool
 ) -> AsyncIterator[HashedBody]:
     """The caller's body: streamed through when its length is declared,
     spooled to disk first when it is not (Chert needs the length). Either
@@ -87,7 +110,7 @@ async def _incoming_file(
     await intake.send_continue(request)
     if size is not None:
         body = CallerBody(
-            request.content, size, client_timeout=settings.client_timeout, sha256=settings.sha256
+            request.content, size, client_timeout=settings.client_timeout, sha256=sha256
         )
         with tuning.read_size(request.transport, _read_bytes(request, size)):
             intake.check_content(meta, await body.head(media.SNIFF_BYTES))
@@ -99,7 +122,7 @@ async def _incoming_file(
         limit=settings.max_upload_bytes,
         chunk_size=CHUNK_BYTES,
         client_timeout=settings.client_timeout,
-        sha256=settings.sha256,
+        sha256=sha256,
     ) as spooled:
         yield spooled
 
@@ -117,6 +140,7 @@ async def send_file(request: web.Request) -> web.Response:
     """POST|PUT /v1/chats/{chat_id}/attachments: one file, one message."""
     settings = request.app[SETTINGS]
     chat_id = intake.chat_id(request)
+    intake.check_encoding(request)
     given_key = intake.idempotency_key(request)
     caption = intake.caption(request)
     meta = intake.file_meta(request)
@@ -126,8 +150,10 @@ async def send_file(request: web.Request) -> web.Response:
     )
     with request.app[IDEMPOTENCY].claim(given_key, request_print) as claim:
         if claim.replay is not None:
+            claim.check_body(await _file_print(request))
             return _replay(request, claim.replay)
-        async with request.app[ADMISSION].slot(), _incoming_file(request, meta, size) as body:
+        incoming = _incoming_file(request, meta, size, sha256=_hashes(request, given_key))
+        async with request.app[ADMISSION].slot(), incoming as body:
             answer = await request.app[PIPELINE].send_file(
                 chat_id,
                 meta,
@@ -135,7 +161,7 @@ async def send_file(request: web.Request) -> web.Response:
                 caption=caption,
                 idempotency_key=given_key or uuid.uuid4().hex,
             )
-        claim.complete(answer)
+        claim.complete(answer, _body_print(answer))
     _done(request, "sent", answer)
     return json_response(answer, status=201)
 
@@ -143,17 +169,20 @@ async def send_file(request: web.Request) -> web.Response:
 async def upload_only(request: web.Request) -> web.Response:
     """POST|PUT /v1/attachments: the file goes to Chert; no message is sent."""
     settings = request.app[SETTINGS]
+    intake.check_encoding(request)
     given_key = intake.idempotency_key(request)
     meta = intake.file_meta(request)
     size = intake.declared_size(request, settings.max_upload_bytes)
     request_print = fingerprint("upload_only", meta.filename, meta.content_type, size)
     with request.app[IDEMPOTENCY].claim(given_key, request_print) as claim:
         if claim.replay is not None:
+            claim.check_body(await _file_print(request))
             return _replay(request, claim.replay)
-        async with request.app[ADMISSION].slot(), _incoming_file(request, meta, size) as body:
+        incoming = _incoming_file(request, meta, size, sha256=_hashes(request, given_key))
+        async with request.app[ADMISSION].slot(), incoming as body:
             uploaded = await request.app[PIPELINE].upload(meta, body, Timings())
         answer = {**uploaded.to_json(), "expires_at": uploaded.expires_at}
-        claim.complete(answer)
+        claim.complete(answer, _body_print(answer))
     _done(request, "uploaded", answer)
     return json_response(answer, status=201)
 
@@ -161,6 +190,7 @@ async def upload_only(request: web.Request) -> web.Response:
 async def send_message(request: web.Request) -> web.Response:
     """POST /v1/chats/{chat_id}/messages: Chert's JSON, or a form with files."""
     chat_id = intake.chat_id(request)
+    intake.check_encoding(request)
     given_key = intake.idempotency_key(request)
     # Not request.content_type: aiohttp parses it with the email package,
     # which builds new classes, in reference cycles, on every call.
@@ -204,19 +234,27 @@ async def _send_json(request: web.Request, chat_id: str, given_key: str | None) 
 async def _send_form(request: web.Request, chat_id: str, given_key: str | None) -> web.Response:
     started = time.perf_counter()
     settings = request.app[SETTINGS]
-    # A form's files are known only as they arrive: the key covers route and chat.
+    limits = FormLimits(
+        settings.max_upload_bytes,
+        CHUNK_BYTES,
+        settings.client_timeout,
+        sha256=_hashes(request, given_key),
+    )
+    # A form's fields and files are known only as they arrive: the key's first
+    # fingerprint covers route and chat, its body_print the whole form.
     with request.app[IDEMPOTENCY].claim(given_key, fingerprint("send_form", chat_id)) as claim:
         if claim.replay is not None:
+            await intake.send_continue(request)
+            claim.check_body(await digest_form(_multipart(request), chat_id=chat_id, limits=limits))
             return _replay(request, claim.replay)
         async with request.app[ADMISSION].slot():
             await intake.send_continue(request)
             form = await read_form(
-                await request.multipart(),
+                _multipart(request),
+                chat_id=chat_id,
                 spool=request.app[SPOOL],
                 pipeline=request.app[PIPELINE],
-                limits=FormLimits(
-                    settings.max_upload_bytes, CHUNK_BYTES, settings.client_timeout, settings.sha256
-                ),
+                limits=limits,
             )
             timings = Timings()
             message = await request.app[PIPELINE].send(
@@ -235,9 +273,19 @@ async def _send_form(request: web.Request, chat_id: str, given_key: str | None) 
             ],
             "timings": timings.to_json(),
         }
-        claim.complete(answer)
+        claim.complete(answer, form.fingerprint)
     _done(request, "sent", answer)
     return json_response(answer, status=201)
+
+
+def _multipart(request: web.Request) -> MultipartReader:
+    """The form's reader; a Content-Type without a usable boundary is the caller's 400."""
+    try:
+        return MultipartReader(request.headers, request.content)
+    except (ValueError, KeyError):
+        raise InvalidRequestError(
+            "multipart/form-data needs a boundary parameter of 1-70 characters"
+        ) from None
 
 
 async def attachment_metadata(request: web.Request) -> web.Response:

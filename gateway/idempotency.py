@@ -2,17 +2,23 @@
 or sends twice.
 
 A key names one request, identified by a fingerprint of what the gateway
-knows before the body (route, chat, name, type, size, caption…):
+knows before the body (route, chat, name, type, size, caption…), and, once
+it has completed, by one of its body too (the files' bytes and a form's
+fields: `body_print`):
 
     key unknown                         → the request runs; its 201 is remembered
     key running, same fingerprint       → 409 idempotency_in_progress
     key known, different fingerprint    → 422 idempotency_key_reused
-    key completed, same fingerprint     → the first answer, nothing uploaded
+    key completed, same fingerprint     → the caller reads (and hashes) the
+                                          repeat's body: the same body_print
+                                          gets the first answer, nothing
+                                          uploaded; another is 422
 
 Only keys that callers chose are remembered (a generated key can never come
-back), only successful answers, for `TTL_SECONDS`, at most `MAX_ENTRIES`
-(least recently used first out). The store is per process: replicas behind
-a Service do not share it; Chert's own idempotency on the send still holds.
+back), only successful answers, for `TTL_SECONDS`, at most `MAX_ENTRIES` and
+`MAX_ANSWER_BYTES` of answers (least recently used first out). The store is
+per process: replicas behind a Service do not share it; Chert's own
+idempotency on the send still holds.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ from gateway.errors import IdempotencyInProgressError, IdempotencyKeyReusedError
 
 TTL_SECONDS = 24 * 3600
 MAX_ENTRIES = 10_000
+# A form's answer can hold 256 KiB of text (Chert echoes the parts): bound
+# the store by bytes as well as by entries.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 def fingerprint(*parts: Any) -> str:
@@ -41,18 +50,30 @@ def fingerprint(*parts: Any) -> str:
 class _Entry:
     fingerprint: str
     created: float
-    answer: dict[str, Any] | None = None  # None while the first request runs
+    answer: bytes | None = None  # the JSON answer; None while the first request runs
+    body_print: str | None = None
 
 
 @dataclass
 class Claim:
-    """A request's hold on its key. `replay` is set when the answer is known."""
+    """A request's hold on its key. `replay` is set when the answer is known,
+    with the `body_print` a repeat's body must match to get it."""
 
-    replay: dict[str, Any] | None = None
-    _answer: dict[str, Any] | None = field(default=None, repr=False)
+    replay: bytes | None = None
+    body_print: str | None = None
+    _answer: bytes | None = field(default=None, repr=False)
+    _body_print: str | None = field(default=None, repr=False)
 
-    def complete(self, answer: dict[str, Any]) -> None:
-        self._answer = answer
+    def complete(self, answer: dict[str, Any], body_print: str | None = None) -> None:
+        self._answer = orjson.dumps(answer)
+        self._body_print = body_print
+
+    def check_body(self, body_print: str | None) -> None:
+        """422 when a repeat's body is not the first request's."""
+        if body_print != self.body_print:
+            raise IdempotencyKeyReusedError(
+                "this Idempotency-Key was used for a request with another body; use a new key"
+            )
 
 
 class IdempotencyStore:
@@ -60,6 +81,7 @@ class IdempotencyStore:
         self._ttl = ttl
         self._max_entries = max_entries
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._answer_bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -74,7 +96,7 @@ class IdempotencyStore:
         self._expire(now)
         entry = self._entries.get(key)
         if entry is not None and now - entry.created >= self._ttl:
-            del self._entries[key]
+            self._remove(key)
             entry = None
         if entry is not None:
             if entry.fingerprint != print_:
@@ -87,7 +109,7 @@ class IdempotencyStore:
                     retry_after=1,
                 )
             self._entries.move_to_end(key)
-            yield Claim(replay=entry.answer)
+            yield Claim(replay=entry.answer, body_print=entry.body_print)
             return
         entry = self._entries[key] = _Entry(print_, now)
         self._evict()
@@ -95,19 +117,28 @@ class IdempotencyStore:
         try:
             yield claim
         finally:
-            if claim._answer is not None:
-                entry.answer = claim._answer
-            elif self._entries.get(key) is entry:
+            if self._entries.get(key) is not entry:
+                pass  # evicted while it ran
+            elif claim._answer is not None:
+                entry.answer, entry.body_print = claim._answer, claim._body_print
+                self._answer_bytes += len(claim._answer)
+                self._evict()
+            else:
                 # It failed: the caller may try again with the same key.
-                del self._entries[key]
+                self._remove(key)
+
+    def _remove(self, key: str) -> None:
+        entry = self._entries.pop(key)
+        if entry.answer is not None:
+            self._answer_bytes -= len(entry.answer)
 
     def _expire(self, now: float) -> None:
         while self._entries:
             key, oldest = next(iter(self._entries.items()))
             if now - oldest.created < self._ttl:
                 break
-            del self._entries[key]
+            self._remove(key)
 
     def _evict(self) -> None:
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        while len(self._entries) > self._max_entries or self._answer_bytes > MAX_ANSWER_BYTES:
+            self._remove(next(iter(self._entries)))

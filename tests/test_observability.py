@@ -71,8 +71,12 @@ async def draining(client: TestClient[Any, Any], simulator: ChertSimulator) -> N
     await send(client, png_bytes(2000))
 
 
+REPLAYED_BODY = png_bytes(2000)
+
+
 async def replay(client: TestClient[Any, Any], simulator: ChertSimulator) -> None:
-    await send(client, png_bytes(2000), headers={"Idempotency-Key": "again"})
+    # The same bytes each time: a key with another body would be 422.
+    await send(client, REPLAYED_BODY, headers={"Idempotency-Key": "again"})
 
 
 OUTCOMES: list[tuple[str, Action]] = [
