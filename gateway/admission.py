@@ -1,7 +1,9 @@
 """Admission: how many uploads may run at once, and whether new ones may start.
 
 At `max_in_flight` or while draining, a new upload is refused with 503 before
-its body is read. `wait_idle` lets SIGTERM wait for the running ones.
+its body is read. `wait_idle` lets SIGTERM wait for the running ones, and
+`cut` ends those still running when the drain time is over: each is told so
+(503 overloaded, send it again), not that Chert could not be reached.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ class Admission:
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._running: set[asyncio.Task[object]] = set()
+        self._cut = False
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -38,15 +42,35 @@ class Admission:
             )
         self.in_flight += 1
         self._idle.clear()
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
         try:
             yield
+        except asyncio.CancelledError:
+            if not self._cut:
+                raise
+            # Our own cancellation (cut): the request answers instead of vanishing.
+            task.uncancel()
+            raise OverloadedError(
+                "the gateway shut down before this upload finished; nothing was sent, "
+                "send it again",
+                retry_after=RETRY_AFTER_SECONDS,
+            ) from None
         finally:
+            self._running.discard(task)
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
 
     def start_draining(self) -> None:
         self.draining = True
+
+    def cut(self) -> None:
+        """End every upload still running (the drain time is over)."""
+        self._cut = True
+        for task in self._running:
+            task.cancel()
 
     async def wait_idle(self, seconds: float) -> bool:
         """True when every in-flight upload finished within `seconds`."""

@@ -147,6 +147,9 @@ async def serve(
                 "drain time over; cutting uploads still running",
                 extra={"fields": {"in_flight": admission.in_flight}},
             )
+            admission.cut()
+            # Time for each cut upload to tell its caller so.
+            await admission.wait_idle(CLOSE_GRACE_SECONDS)
     finally:
         for runner in reversed(runners):
             await runner.cleanup()

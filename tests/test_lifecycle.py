@@ -13,6 +13,7 @@ from aiohttp.test_utils import BaseTestServer
 from gateway.simulator import ChertSimulator
 from tests.conftest import CHAT_ID, SECRET, gateway_env
 from tests.processes import GatewayProcess, curl
+from tests.raw_http import read_json_answer, read_status
 from tests.samples import PNG_MAGIC, make_file
 
 
@@ -72,3 +73,31 @@ async def test_api_on_a_unix_socket(
         )
     assert status == 201, body
     assert len(simulator.state.messages) == 1
+
+
+async def test_an_upload_cut_by_the_drain_is_told_the_gateway_shut_down(
+    chert_server: BaseTestServer, simulator: ChertSimulator
+) -> None:
+    env = gateway_env(str(chert_server.make_url("")), GATEWAY_DRAIN_SECONDS="0.5")
+    async with GatewayProcess(env) as gateway:
+        host, port = gateway.api.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        # 10 MB declared, 1 MB sent: in flight, and still far from done when SIGTERM lands.
+        writer.write(
+            f"POST /v1/chats/{CHAT_ID}/attachments HTTP/1.1\r\nHost: g\r\n"
+            "Content-Type: image/png\r\nContent-Length: 10000000\r\n\r\n".encode()
+        )
+        writer.write(PNG_MAGIC + b"\0" * 1_000_000)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            while not simulator.state.requests_to("PUT"):
+                await asyncio.sleep(0.05)
+        gateway.signal(signal.SIGTERM)
+        assert await read_status(reader) == 503
+        answer = await read_json_answer(reader)
+        writer.close()
+        exit_code = await gateway.wait()
+    assert answer["error"]["code"] == "overloaded"
+    assert "shut down" in answer["error"]["message"]
+    assert simulator.state.messages == []
+    assert exit_code == 0
