@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.errors import IdempotencyInProgressError, IdempotencyKeyReusedError
 from gateway.idempotency import IdempotencyStore
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID
+from tests.conftest import CHAT_ID, GatewayFactory
 from tests.gateway_calls import png_bytes, send
 from tests.raw_http import RawCaller, wait_for
+from tests.samples import sample
 
 
 async def test_a_repeat_returns_the_first_answer_without_uploading_again(
@@ -117,4 +120,56 @@ async def test_concurrent_repeats_upload_once(
     assert statuses.count(201) >= 1
     assert set(statuses) <= {201, 409}
     assert len(simulator.state.requests_to("PUT")) == 1
+    assert len(simulator.state.messages) == 1
+
+
+# -- the repeat's body is part of what the request is --------------------------
+
+
+async def test_two_pdfs_of_one_name_and_size_under_one_key_are_422(
+    make_gateway: GatewayFactory, simulator: ChertSimulator
+) -> None:
+    # The digest is taken for a key even with GATEWAY_SHA256 off.
+    client = await make_gateway(GATEWAY_SHA256="false")
+    headers = {"Idempotency-Key": "pdf-1", "X-Filename": "invoice.pdf"}
+    first, second = sample("application/pdf", 4000), sample("application/pdf", 4000)
+    status1, answer1, _ = await send(client, first, content_type="application/pdf", headers=headers)
+    assert status1 == 201
+    assert answer1["sha256"] == hashlib.sha256(first).hexdigest()
+    status2, answer2, _ = await send(
+        client, second, content_type="application/pdf", headers=headers
+    )
+    assert (status2, answer2["error"]["code"]) == (422, "idempotency_key_reused")
+    status3, answer3, _ = await send(client, first, content_type="application/pdf", headers=headers)
+    assert (status3, answer3) == (201, answer1)
+    assert len(simulator.state.requests_to("PUT")) == 1
+
+
+def two_files_form(text: str, first: bytes, second: bytes) -> aiohttp.FormData:
+    data = aiohttp.FormData()
+    data.add_field("text", text)
+    data.add_field("a", io.BytesIO(first), filename="a.png", content_type="image/png")
+    data.add_field("b", io.BytesIO(second), filename="b.png", content_type="image/png")
+    return data
+
+
+async def test_forms_under_one_key_replay_only_when_fields_and_bytes_are_the_same(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator
+) -> None:
+    path = f"/v1/chats/{CHAT_ID}/messages"
+    headers = {"Idempotency-Key": "form-1"}
+    a, b, other = png_bytes(3000), png_bytes(3000), png_bytes(3000)
+
+    async def post(data: aiohttp.FormData) -> tuple[int, dict[str, Any], str | None]:
+        response = await gateway.post(path, data=data, headers=headers)
+        return response.status, await response.json(), response.headers.get("Idempotent-Replayed")
+
+    status, first, _ = await post(two_files_form("hi", a, b))
+    assert status == 201
+    for different in (two_files_form("hello", a, b), two_files_form("hi", a, other)):
+        status, answer, _ = await post(different)
+        assert (status, answer["error"]["code"]) == (422, "idempotency_key_reused")
+    status, again, replayed = await post(two_files_form("hi", a, b))
+    assert (status, again, replayed) == (201, first, "true")
+    assert len(simulator.state.requests_to("PUT")) == 2
     assert len(simulator.state.messages) == 1
