@@ -6,11 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
@@ -101,3 +104,38 @@ def secret_never_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     caplog.set_level(logging.DEBUG)
     yield
     assert SECRET not in caplog.text
+
+
+@pytest.fixture(scope="module")
+def live_gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A gateway process with the embedded simulator, for blocking clients
+    (schemathesis, requests under hypothesis) that cannot share the test's loop."""
+    env = {
+        **os.environ,
+        "GATEWAY_LISTEN": "127.0.0.1:0",
+        "GATEWAY_OPS_LISTEN": "127.0.0.1:0",
+        "CHERT_SIGNING_SECRET": SECRET,
+        "GATEWAY_CLIENT_TIMEOUT": "2",
+    }
+    command = [sys.executable, "-m", "gateway", "serve", "--simulate", "--log-format", "json"]
+    # The log goes to a file: a pipe nobody reads would fill and stall the gateway.
+    log_path = tmp_path_factory.mktemp("live") / "gateway.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for line in log_path.read_bytes().splitlines():
+                entry = orjson.loads(line) if line.startswith(b"{") else {}
+                if entry.get("msg") == "listening":
+                    yield str(entry["api"])
+                    return
+            time.sleep(0.05)
+        pytest.fail(f"the gateway did not start:\n{log_path.read_text()}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    # Whatever the module sent, the gateway logged no error and no secret.
+    log_text = log_path.read_text()
+    assert SECRET not in log_text
+    assert '"level":"error"' not in log_text, log_text[-2000:]
