@@ -42,6 +42,8 @@ log = logging.getLogger("chert_gateway")
 access_log = logging.getLogger(logs.ACCESS_LOGGER)
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# A JSON send body (Chert's message shape) the gateway reads whole: over it, 413.
+MAX_JSON_BODY_BYTES = 1024 * 1024
 # Error codes that mean "the caller sent something we refuse", counted as one
 # outcome so dashboards can tell rejects from failures.
 REJECTED_CODES = frozenset(
@@ -251,7 +253,10 @@ def create_app(
     metrics.max_in_flight.set(settings.max_in_flight)
     metrics.draining.set_function(lambda: int(admission.draining))
     metrics.spool_capacity.set(settings.spool_max_bytes)
-    app = web.Application(middlewares=[request_middleware, client_auth_middleware])
+    app = web.Application(
+        middlewares=[request_middleware, client_auth_middleware],
+        client_max_size=MAX_JSON_BODY_BYTES,
+    )
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[ADMISSION] = admission

@@ -91,3 +91,34 @@ async def test_every_readme_example_works_against_make_run(tmp_path: Path) -> No
                 assert "sent " in out, (command, out)  # chert-gateway send, for a person
     copy = tmp_path / "copy.pdf"
     assert copy.read_bytes() == (tmp_path / "invoice.pdf").read_bytes()
+
+
+def test_the_readme_states_every_limit_with_the_codes_number() -> None:
+    """The Limits table names each limit with the number the code enforces."""
+    from gateway import form, http_protocol, intake, message_shape
+    from gateway.app import MAX_JSON_BODY_BYTES
+    from gateway.config import CHERT_MAX_UPLOAD_BYTES, OPTIONS_BY_ENV
+
+    section = (ROOT / "README.md").read_text().split("## Limits", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")
+    }
+    expected = {
+        "a file": CHERT_MAX_UPLOAD_BYTES,
+        "the request line, each header line": http_protocol.MAX_LINE_BYTES,
+        "headers in one request (or one form part)": http_protocol.MAX_HEADERS,
+        "the time to send the headers": f"{http_protocol.HEADER_TIMEOUT_SECONDS:g} s",
+        "a pause between two body chunks": OPTIONS_BY_ENV["GATEWAY_CLIENT_TIMEOUT"].default,
+        "a filename": intake.MAX_FILENAME_BYTES,
+        "a caption (`?text=`)": intake.MAX_CAPTION_CHARS,
+        "files in a form": form.MAX_FILES,
+        "other fields in a form (`text`, `rich_link`, `parallel_attachments`)": form.MAX_FIELDS,
+        "one form field": form.MAX_FIELD_BYTES,
+        "all of a form's fields": form.MAX_FIELDS_TOTAL_BYTES,
+        "a JSON message body": MAX_JSON_BODY_BYTES,
+        "parts in a JSON message": message_shape.MAX_PARTS,
+        "uploads at once": OPTIONS_BY_ENV["GATEWAY_MAX_IN_FLIGHT"].default,
+    }
+    for what, number in expected.items():
+        assert what in rows, f"the README's Limits table has no row for {what!r}"
+        assert f" {number}" in rows[what], (what, number, rows[what])
