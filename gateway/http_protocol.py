@@ -95,13 +95,26 @@ def _raw_answer(error: GatewayError, request_id: str) -> bytes:
 
 
 class GatewayRequestHandler(RequestHandler):
-    __slots__ = ("_header_bytes", "_header_timer", "_on_refusal")
+    __slots__ = (
+        "_armed_at",
+        "_header_bytes",
+        "_header_timer",
+        "_on_refusal",
+        "_requests_started",
+    )
 
     def __init__(self, manager: web.Server, *, on_refusal: OnRefusal, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes = False  # has the awaited request sent any byte?
+        # (requests parsed, requests whose handling started) when the timer was armed
+        self._armed_at = (0, 0)
+        self._requests_started = 0
         self._on_refusal = on_refusal
+
+    async def _handle_request(self, *args: Any) -> tuple[web.StreamResponse, bool]:
+        self._requests_started += 1
+        return await super()._handle_request(*args)
 
     # -- refusals ----------------------------------------------------------------
 
@@ -143,6 +156,7 @@ class GatewayRequestHandler(RequestHandler):
 
     def _arm_header_deadline(self, *, has_bytes: bool) -> None:
         self._header_bytes = has_bytes
+        self._armed_at = (self._request_count, self._requests_started)
         if self._header_timer is None:
             self._header_timer = self._loop.call_later(
                 HEADER_TIMEOUT_SECONDS, self._headers_overdue
@@ -155,7 +169,10 @@ class GatewayRequestHandler(RequestHandler):
 
     def _headers_overdue(self) -> None:
         self._header_timer = None
-        if not self._idle() or self.transport is None:
+        # Bytes that armed the timer may have been the body of a request parsed
+        # just before: if any request was parsed or handled since, they were.
+        progressed = self._armed_at != (self._request_count, self._requests_started)
+        if progressed or not self._idle() or self.transport is None:
             return
         if self._header_bytes:
             error = ClientTimeoutError(

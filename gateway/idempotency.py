@@ -61,12 +61,15 @@ class Claim:
 
     replay: bytes | None = None
     body_print: str | None = None
+    # False for a request without a key: nothing of it is remembered.
+    keep: bool = True
     _answer: bytes | None = field(default=None, repr=False)
     _body_print: str | None = field(default=None, repr=False)
 
     def complete(self, answer: dict[str, Any], body_print: str | None = None) -> None:
-        self._answer = orjson.dumps(answer)
-        self._body_print = body_print
+        if self.keep:
+            self._answer = orjson.dumps(answer)
+            self._body_print = body_print
 
     def check_body(self, body_print: str | None) -> None:
         """422 when a repeat's body is not the first request's."""
@@ -90,7 +93,7 @@ class IdempotencyStore:
     def claim(self, key: str | None, print_: str) -> Iterator[Claim]:
         """Hold `key` while the request runs; remember its answer if it completes."""
         if key is None:
-            yield Claim()
+            yield Claim(keep=False)
             return
         now = time.monotonic()
         self._expire(now)
