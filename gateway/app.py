@@ -36,7 +36,17 @@ from gateway.metrics import Metrics
 from gateway.pipeline import UploadPipeline
 from gateway.redact import Redactor
 from gateway.spool import Spool
-from gateway.state import ADMISSION, CHERT, IDEMPOTENCY, METRICS, PIPELINE, SETTINGS, SPOOL
+from gateway.state import (
+    ADMISSION,
+    CHERT,
+    IDEMPOTENCY,
+    LOG_FIELDS_KEY,
+    METRICS,
+    OUTCOME_KEY,
+    PIPELINE,
+    SETTINGS,
+    SPOOL,
+)
 
 log = logging.getLogger("chert_gateway")
 access_log = logging.getLogger(logs.ACCESS_LOGGER)
@@ -78,7 +88,7 @@ def _from_http_exception(exc: web.HTTPException) -> GatewayError:
 
 def _outcome(request: web.Request, error: GatewayError | None) -> str:
     if error is None:
-        return str(request.get(handlers.OUTCOME_KEY, "ok"))
+        return str(request.get(OUTCOME_KEY, "ok"))
     return _outcome_of(error)
 
 
@@ -168,7 +178,7 @@ def _record(
         "outcome": outcome,
         "duration_s": round(elapsed, 6),
         "bytes_received": request.content.total_bytes,
-        **request.get(handlers.LOG_FIELDS_KEY, {}),
+        **request.get(LOG_FIELDS_KEY, {}),
     }
     if error is not None:
         fields["error_code"] = error.code

@@ -33,12 +33,14 @@ from typing import Any
 from aiohttp import BodyPartReader, MultipartReader, hdrs
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway import intake, media
+from gateway import body, intake, media
+from gateway.body import BodyLimits
 from gateway.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from gateway.http_protocol import parser_reason
 from gateway.idempotency import fingerprint
+from gateway.media import FileMeta
 from gateway.message_shape import URL_RE, ShapeError, check_send_body
-from gateway.pipeline import Timings, UploadedFile, UploadPipeline
+from gateway.pipeline import UploadedFile, UploadPipeline
 from gateway.spool import Spool
 
 MAX_FILES = 10
@@ -53,34 +55,27 @@ IDENTITY_CODINGS = frozenset({"", "identity", "binary", "8bit", "7bit"})
 
 
 @dataclass(frozen=True)
-class FormLimits:
-    max_upload_bytes: int
-    chunk_size: int
-    client_timeout: float
-    sha256: bool = True
-
-
-@dataclass(frozen=True)
 class FileSeen:
     """What a form's file is, for the request's fingerprint."""
 
-    meta: intake.FileMeta
+    meta: FileMeta
     size: int
     sha256: str | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class FormMessage:
+    """A form read whole, its files at Chert: what the send needs."""
+
     parts: list[dict[str, Any]]
     uploads: list[UploadedFile]
     parallel_attachments: bool | None
-    file_timings: list[Timings] = field(default_factory=list)
     # The whole request, fields and file bytes: for idempotency.
-    fingerprint: str = ""
+    fingerprint: str
 
 
 # Takes one file part; returns what will, once awaited, describe it.
-FileHandler = Callable[[intake.FileMeta, BodyPartReader], Awaitable["asyncio.Future[Any]"]]
+FileHandler = Callable[[FileMeta, BodyPartReader], Awaitable["asyncio.Future[Any]"]]
 
 
 async def read_form(
@@ -89,50 +84,39 @@ async def read_form(
     chat_id: str,
     spool: Spool,
     pipeline: UploadPipeline,
-    limits: FormLimits,
+    limits: BodyLimits,
 ) -> FormMessage:
     """Read the whole form, uploading its files as they arrive; return the parts."""
     gate = asyncio.Semaphore(UPLOAD_CONCURRENCY)
 
     async with AsyncExitStack() as spooled_files:
 
-        async def upload(meta: intake.FileMeta, part: BodyPartReader) -> asyncio.Future[Any]:
-            body = await spooled_files.enter_async_context(
-                spool.receive(
-                    part.read_chunk,
-                    meta,
-                    limit=limits.max_upload_bytes,
-                    chunk_size=limits.chunk_size,
-                    client_timeout=limits.client_timeout,
-                    sha256=limits.sha256,
-                )
+        async def upload(meta: FileMeta, part: BodyPartReader) -> asyncio.Future[Any]:
+            file_body = await spooled_files.enter_async_context(
+                body.spooled(part.read_chunk, meta, spool=spool, limits=limits)
             )
-            timings = Timings()
 
-            async def run() -> tuple[UploadedFile, Timings]:
+            async def run() -> UploadedFile:
                 async with gate:
-                    return await pipeline.upload(meta, body, timings), timings
+                    return await pipeline.upload(meta, file_body)
 
             return asyncio.ensure_future(run())
 
         form = await _read(reader, upload)
-    uploads = [done for done, _ in form.files]
+    uploads: list[UploadedFile] = form.files
     return FormMessage(
         parts=form.parts([u.attachment_id for u in uploads]),
         uploads=uploads,
         parallel_attachments=form.parallel,
-        file_timings=[timings for _, timings in form.files],
         fingerprint=form.fingerprint(chat_id, [_seen(u) for u in uploads]),
     )
 
 
-async def digest_form(reader: MultipartReader, *, chat_id: str, limits: FormLimits) -> str:
+async def digest_form(reader: MultipartReader, *, chat_id: str, limits: BodyLimits) -> str:
     """The fingerprint of a form, read and hashed but uploaded nowhere."""
 
-    async def digest(meta: intake.FileMeta, part: BodyPartReader) -> asyncio.Future[Any]:
-        size, sha256 = await intake.digest(
-            part.read_chunk, limit=limits.max_upload_bytes, client_timeout=limits.client_timeout
-        )
+    async def digest(meta: FileMeta, part: BodyPartReader) -> asyncio.Future[Any]:
+        size, sha256 = await body.digest(part.read_chunk, limits)
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         done.set_result(FileSeen(meta, size, sha256))
         return done
@@ -150,7 +134,7 @@ class _Form:
     """A form as read: its fields and files in order, and what they came to."""
 
     entries: list[dict[str, Any] | int] = field(default_factory=list)  # int: a file's index
-    metas: list[intake.FileMeta] = field(default_factory=list)
+    metas: list[FileMeta] = field(default_factory=list)
     files: list[Any] = field(default_factory=list)  # what each file handler's future gave
     parallel: bool | None = None
     fields: int = 0

@@ -46,34 +46,46 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(orjson.dumps(parts)).hexdigest()
 
 
+@dataclass(frozen=True)
+class Completed:
+    """A completed request as remembered: its answer, what its body was, and
+    what the access log said of it (said again of each replay)."""
+
+    answer: bytes
+    body_print: str | None
+    log_fields: dict[str, Any]
+
+
 @dataclass
 class _Entry:
     fingerprint: str
     created: float
-    answer: bytes | None = None  # the JSON answer; None while the first request runs
-    body_print: str | None = None
+    done: Completed | None = None  # None while the first request runs
 
 
 @dataclass
 class Claim:
-    """A request's hold on its key. `replay` is set when the answer is known,
-    with the `body_print` a repeat's body must match to get it."""
+    """A request's hold on its key. `replay` is set when the key's request
+    has completed; a repeat's body must match its `body_print` to get it."""
 
-    replay: bytes | None = None
-    body_print: str | None = None
+    replay: Completed | None = None
     # False for a request without a key: nothing of it is remembered.
     keep: bool = True
-    _answer: bytes | None = field(default=None, repr=False)
-    _body_print: str | None = field(default=None, repr=False)
+    _done: Completed | None = field(default=None, repr=False)
 
-    def complete(self, answer: dict[str, Any], body_print: str | None = None) -> None:
+    def complete(
+        self,
+        answer: dict[str, Any],
+        body_print: str | None = None,
+        log_fields: dict[str, Any] | None = None,
+    ) -> None:
         if self.keep:
-            self._answer = orjson.dumps(answer)
-            self._body_print = body_print
+            self._done = Completed(orjson.dumps(answer), body_print, log_fields or {})
 
     def check_body(self, body_print: str | None) -> None:
         """422 when a repeat's body is not the first request's."""
-        if body_print != self.body_print:
+        assert self.replay is not None
+        if body_print != self.replay.body_print:
             raise IdempotencyKeyReusedError(
                 "this Idempotency-Key was used for a request with another body; use a new key"
             )
@@ -106,13 +118,13 @@ class IdempotencyStore:
                 raise IdempotencyKeyReusedError(
                     "this Idempotency-Key was used for a different request; use a new key"
                 )
-            if entry.answer is None:
+            if entry.done is None:
                 raise IdempotencyInProgressError(
                     "a request with this Idempotency-Key is still running; retry shortly",
                     retry_after=1,
                 )
             self._entries.move_to_end(key)
-            yield Claim(replay=entry.answer, body_print=entry.body_print)
+            yield Claim(replay=entry.done)
             return
         entry = self._entries[key] = _Entry(print_, now)
         self._evict()
@@ -122,9 +134,9 @@ class IdempotencyStore:
         finally:
             if self._entries.get(key) is not entry:
                 pass  # evicted while it ran
-            elif claim._answer is not None:
-                entry.answer, entry.body_print = claim._answer, claim._body_print
-                self._answer_bytes += len(claim._answer)
+            elif claim._done is not None:
+                entry.done = claim._done
+                self._answer_bytes += len(entry.done.answer)
                 self._evict()
             else:
                 # It failed: the caller may try again with the same key.
@@ -132,8 +144,8 @@ class IdempotencyStore:
 
     def _remove(self, key: str) -> None:
         entry = self._entries.pop(key)
-        if entry.answer is not None:
-            self._answer_bytes -= len(entry.answer)
+        if entry.done is not None:
+            self._answer_bytes -= len(entry.done.answer)
 
     def _expire(self, now: float) -> None:
         while self._entries:

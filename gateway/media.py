@@ -8,6 +8,16 @@ the simulator both read it from here.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    """What a file is: its clean name and Chert's spelling of its type."""
+
+    filename: str
+    content_type: str
+
 
 # Chert's supported upload types, each with its usual extensions (first = the
 # one used to name a file that came without a name).

@@ -1,4 +1,5 @@
-"""Typed keys for what the gateway's applications hold (aiohttp AppKey)."""
+"""Typed keys: what the gateway's applications hold (AppKey), and what a
+request carries from its handler to the middleware that logs it (RequestKey)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,7 @@ CHERT = web.AppKey("chert", ChertClient)
 PIPELINE = web.AppKey("pipeline", UploadPipeline)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 SPOOL = web.AppKey("spool", Spool)
+
+OUTCOME_KEY = web.RequestKey("gateway_outcome", str)
+# What the access log line says of a request beyond method, route and status.
+LOG_FIELDS_KEY = web.RequestKey("gateway_log_fields", dict)
