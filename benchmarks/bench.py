@@ -51,7 +51,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from gateway import procstat
+from gateway.ops import procstat
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

@@ -18,8 +18,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import __version__, caller_cli, logs, tuning
-from gateway.config import OPTIONS, ConfigError, Settings, parse_listen
+from gateway import __version__
+from gateway.client.commands import add_send_command
+from gateway.demo import add_demo_command
+from gateway.ops import logs, tuning
+from gateway.ops.config import OPTIONS, ConfigError, Settings, parse_listen
 from gateway.server import RUNNER_OPTIONS, Running, serve, start_site
 from gateway.simulator import ChertSimulator
 from gateway.simulator.app import DOCS_CHAT_ID
@@ -76,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
         help="hash uploads but store nothing (benchmarks); /content then answers 404",
     )
     _add_log_format(sim_cmd)
-    caller_cli.add_commands(commands)
+    add_send_command(commands)
+    add_demo_command(commands)
     return parser
 
 

@@ -17,17 +17,17 @@ whether the caller may retry.
     ├── UpstreamUnavailableError     503 upstream_unavailable
     └── UpstreamTimeoutError         504 upstream_timeout
 
-Handlers and the pipeline raise these; one middleware (`app.error_middleware`)
-turns them into the JSON error body. Foreign exceptions (aiohttp's, Chert's
-answers) are mapped once, where they arise: `chert.py` for Chert, `intake.py`
-for the caller's body.
+The request path raises these; one middleware (`api.app.request_middleware`)
+turns them into the JSON error body, and the HTTP layer's own refusals take
+the same shape (`api.http_protocol`). Foreign exceptions are mapped once,
+where they arise: `chert/client.py` for Chert, `api/body.py` for the caller's
+body. The caller's side turns an answer back into one of these
+(`client.calls.from_answer`).
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
-
-from gateway.retry import parse_retry_after
 
 
 class GatewayError(Exception):
@@ -147,32 +147,3 @@ class UpstreamTimeoutError(GatewayError):
     code = "upstream_timeout"
     status = 504
     retryable = True
-
-
-def _tree(cls: type[GatewayError]) -> list[type[GatewayError]]:
-    found: list[type[GatewayError]] = [cls]
-    for sub in cls.__subclasses__():
-        found += _tree(sub)
-    return found
-
-
-# code → class, so a client can raise the very error the gateway answered with.
-ERRORS_BY_CODE: dict[str, type[GatewayError]] = {cls.code: cls for cls in _tree(GatewayError)}
-
-
-def from_answer(status: int, body: Any, retry_after: str | None = None) -> GatewayError:
-    """The gateway's JSON error body (or whatever came instead) as an exception."""
-    error = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(error, dict):
-        exc = GatewayError(f"HTTP {status} without the gateway's error body")
-        exc.status = status  # type: ignore[misc]
-        return exc
-    cls = ERRORS_BY_CODE.get(str(error.get("code")), GatewayError)
-    exc = cls(
-        str(error.get("message", "")),
-        chert_code=error.get("chert_code"),
-        retry_after=parse_retry_after(retry_after),
-        retryable=bool(error.get("retryable", cls.retryable)),
-    )
-    exc.request_id = error.get("request_id")
-    return exc

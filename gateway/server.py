@@ -23,14 +23,14 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from gateway.admission import Admission
-from gateway.app import create_app, create_ops_app, refusal_recorder
-from gateway.config import ListenAddress, Settings
-from gateway.credentials import Credential
-from gateway.http_protocol import GatewayRunner
-from gateway.metrics import Metrics
+from gateway.api.admission import Admission
+from gateway.api.app import create_app, create_ops_app, refusal_recorder
+from gateway.api.http_protocol import GatewayRunner
+from gateway.api.state import METRICS
+from gateway.ops.config import ListenAddress, Settings
+from gateway.ops.credentials import Credential
+from gateway.ops.metrics import Metrics
 from gateway.simulator import ChertSimulator
-from gateway.state import METRICS
 
 log = logging.getLogger("chert_gateway")
 

@@ -18,11 +18,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
 
-from gateway.app import create_app
-from gateway.config import Settings
+from gateway.api.app import create_app
+from gateway.api.state import METRICS
+from gateway.ops.config import Settings
 from gateway.server import RUNNER_OPTIONS, api_runner
 from gateway.simulator import ChertSimulator
-from gateway.state import METRICS
 
 SECRET = "sim-secret-7f3c2a9e41b8d5"
 CHAT_ID = "0f2d3c1a-8b4e-4f6a-90d2-1a3b4c5d6e7f"

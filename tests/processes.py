@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway import procstat
+from gateway.ops import procstat
 
 START_TIMEOUT_S = 20
 

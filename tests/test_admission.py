@@ -6,8 +6,8 @@ import asyncio
 import os
 from typing import Any
 
+from gateway.api.state import ADMISSION
 from gateway.simulator import ChertSimulator
-from gateway.state import ADMISSION
 from tests.conftest import CHAT_ID, GatewayFactory
 from tests.gateway_calls import png_bytes, send
 from tests.raw_http import RawCaller, read_status, wait_for

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.client import BlockingGatewayClient, GatewayClient, GatewayUnreachableError
+from gateway.client.calls import BlockingGatewayClient, GatewayClient, GatewayUnreachableError
 from gateway.errors import PayloadTooLargeError, UnsupportedMediaTypeError
 from gateway.simulator import ChertSimulator
 from tests.conftest import CHAT_ID, GatewayFactory

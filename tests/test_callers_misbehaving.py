@@ -13,8 +13,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from gateway.api.state import METRICS
 from gateway.simulator import ChertSimulator
-from gateway.state import METRICS
 from tests.conftest import GatewayFactory
 from tests.raw_http import PATH, RawCaller, read_json_answer, read_status, wait_for
 from tests.samples import PNG_MAGIC

@@ -12,7 +12,7 @@ import sys
 import orjson
 import pytest
 
-from gateway.config import OPTIONS
+from gateway.ops.config import OPTIONS
 from tests.conftest import require_tool
 from tests.processes import GatewayProcess
 

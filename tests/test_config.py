@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import OPTIONS, ConfigError, ListenAddress, Settings, parse_listen
-from gateway.credentials import RECHECK_SECONDS, Credential
+from gateway.ops.config import OPTIONS, ConfigError, ListenAddress, Settings, parse_listen
+from gateway.ops.credentials import RECHECK_SECONDS, Credential
 
 BASE = {"CHERT_SIGNING_SECRET": "s3cret"}
 

@@ -31,10 +31,10 @@ import pytest
 import yaml
 
 from gateway import __version__
-from gateway.admission import Admission
-from gateway.app import create_ops_app
-from gateway.config import OPTIONS, parse_listen
-from gateway.metrics import Metrics
+from gateway.api.admission import Admission
+from gateway.api.app import create_ops_app
+from gateway.ops.config import OPTIONS, parse_listen
+from gateway.ops.metrics import Metrics
 from tests.conftest import SECRET, require_tool
 from tests.processes import GatewayProcess, curl
 from tests.samples import make_file

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import BaseTestServer, TestClient
 
-from gateway import form
+from gateway.api import form
 from gateway.simulator import ChertSimulator
 from tests.conftest import CHAT_ID, gateway_env
 from tests.processes import GatewayProcess

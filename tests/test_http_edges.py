@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway import http_protocol
+from gateway.api import http_protocol
 from gateway.simulator import ChertSimulator
 from tests.conftest import CHAT_ID, GatewayFactory
 from tests.raw_http import PATH, read_json_answer, read_status

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway.api.idempotency import IdempotencyStore
 from gateway.errors import IdempotencyInProgressError, IdempotencyKeyReusedError
-from gateway.idempotency import IdempotencyStore
 from gateway.simulator import ChertSimulator
 from tests.conftest import CHAT_ID, GatewayFactory
 from tests.gateway_calls import png_bytes, send

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import media
+from gateway.chert import media
 from tests.samples import MAGIC, sample
 
 

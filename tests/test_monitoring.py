@@ -18,10 +18,10 @@ import pytest
 import yaml
 from aiohttp.test_utils import BaseTestServer
 
-from gateway.admission import Admission
-from gateway.app import create_app, create_ops_app
-from gateway.config import Settings
-from gateway.metrics import Metrics
+from gateway.api.admission import Admission
+from gateway.api.app import create_app, create_ops_app
+from gateway.ops.config import Settings
+from gateway.ops.metrics import Metrics
 from gateway.simulator import ChertSimulator
 from tests.conftest import CHAT_ID, ServerAsDeployed, gateway_env, require_tool
 from tests.samples import sample

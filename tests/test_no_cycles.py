@@ -24,8 +24,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway.api.state import ADMISSION
 from gateway.simulator import ChertSimulator
-from gateway.state import ADMISSION
 from tests.conftest import CHAT_ID
 from tests.gateway_calls import png_bytes, send
 from tests.raw_http import disconnect_mid_body, wait_for

@@ -13,10 +13,10 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway import logs
-from gateway.metrics import Metrics
+from gateway.api.state import ADMISSION, METRICS
+from gateway.ops import logs
+from gateway.ops.metrics import Metrics
 from gateway.simulator import ChertSimulator
-from gateway.state import ADMISSION, METRICS
 from tests.conftest import SECRET, GatewayFactory
 from tests.gateway_calls import png_bytes, send
 from tests.raw_http import RawCaller, disconnect_mid_body, wait_for

@@ -16,10 +16,11 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import form, intake, media, retry
-from gateway.credentials import Credential
+from gateway.api import form, intake
+from gateway.chert import media, retry
+from gateway.chert.redact import REDACTED, Redactor
 from gateway.errors import GatewayError
-from gateway.redact import REDACTED, Redactor
+from gateway.ops.credentials import Credential
 from tests.conftest import CHAT_ID
 from tests.samples import sample
 

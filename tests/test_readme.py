@@ -95,9 +95,10 @@ async def test_every_readme_example_works_against_make_run(tmp_path: Path) -> No
 
 def test_the_readme_states_every_limit_with_the_codes_number() -> None:
     """The Limits table names each limit with the number the code enforces."""
-    from gateway import form, http_protocol, intake, message_shape
-    from gateway.app import MAX_JSON_BODY_BYTES
-    from gateway.config import CHERT_MAX_UPLOAD_BYTES, OPTIONS_BY_ENV
+    from gateway.api import form, http_protocol, intake
+    from gateway.api.app import MAX_JSON_BODY_BYTES
+    from gateway.chert import message_shape
+    from gateway.ops.config import CHERT_MAX_UPLOAD_BYTES, OPTIONS_BY_ENV
 
     section = (ROOT / "README.md").read_text().split("## Limits", 1)[1].split("\n## ", 1)[0]
     rows = {

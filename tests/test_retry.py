@@ -10,8 +10,8 @@ import gc
 
 import pytest
 
-from gateway import retry
-from gateway.retry import RetryPolicy, with_retries
+from gateway.chert import retry
+from gateway.chert.retry import RetryPolicy, with_retries
 
 
 class Transient(Exception):

@@ -13,9 +13,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from gateway.api.spool import FILE_PREFIX, Spool
+from gateway.api.state import SPOOL
 from gateway.simulator import ChertSimulator
-from gateway.spool import FILE_PREFIX, Spool
-from gateway.state import SPOOL
 from tests.conftest import CHAT_ID, GatewayFactory
 from tests.processes import curl
 from tests.raw_http import wait_for

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-SNIPPET = "from gateway import tuning; print(tuning.tune_malloc())"
+SNIPPET = "from gateway.ops import tuning; print(tuning.tune_malloc())"
 
 
 def run(env: dict[str, str]) -> str:
@@ -25,7 +25,7 @@ def test_an_operators_malloc_settings_win() -> None:
 
 def test_gc_collects_rarely_and_skips_what_lives_forever() -> None:
     snippet = (
-        "import gc; from gateway import tuning; tuning.tune_gc(); "
+        "import gc; from gateway.ops import tuning; tuning.tune_gc(); "
         "print(gc.get_threshold()[0], gc.get_freeze_count() > 1000)"
     )
     result = subprocess.run(

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway import retry
-from gateway.app import create_app
-from gateway.config import Settings
+from gateway.api.app import create_app
+from gateway.chert import retry
+from gateway.ops.config import Settings
 from gateway.simulator import ChertSimulator
 from tests.conftest import CHAT_ID, SECRET, GatewayFactory, ServerAsDeployed, gateway_env
 from tests.gateway_calls import png_bytes, send

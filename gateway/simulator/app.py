@@ -29,8 +29,8 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
-from gateway import media
-from gateway.message_shape import SendBody, ShapeError, check_send_body
+from gateway.chert import media
+from gateway.chert.message_shape import SendBody, ShapeError, check_send_body
 from gateway.simulator.state import Attachment, Faults, RecordedRequest, SimulatorState
 
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024

@@ -15,14 +15,12 @@ import aiohttp
 import orjson
 from aiohttp import MultipartReader, hdrs, web
 
-from gateway import body, intake
-from gateway.body import CHUNK_BYTES, BodyLimits, HashedBody
-from gateway.errors import InvalidRequestError
-from gateway.form import digest_form, read_form
-from gateway.idempotency import fingerprint
-from gateway.message_shape import ShapeError, check_send_body
-from gateway.pipeline import Result
-from gateway.state import (
+from gateway.api import body, intake
+from gateway.api.body import CHUNK_BYTES, BodyLimits, HashedBody
+from gateway.api.form import digest_form, read_form
+from gateway.api.idempotency import fingerprint
+from gateway.api.pipeline import Result
+from gateway.api.state import (
     ADMISSION,
     CHERT,
     IDEMPOTENCY,
@@ -32,6 +30,8 @@ from gateway.state import (
     SETTINGS,
     SPOOL,
 )
+from gateway.chert.message_shape import ShapeError, check_send_body
+from gateway.errors import InvalidRequestError
 
 PASSED_DOWNLOAD_HEADERS = (
     hdrs.CONTENT_TYPE,
@@ -291,7 +291,8 @@ async def attachment_content(request: web.Request) -> web.StreamResponse:
     return response
 
 
-OPENAPI_DOCUMENT = (Path(__file__).parent / "openapi.json").read_bytes()
+# The package's own description of this API, beside gateway/__init__.py.
+OPENAPI_DOCUMENT = (Path(__file__).parent.parent / "openapi.json").read_bytes()
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.body import HashedBody
-from gateway.chert import ChertClient
-from gateway.media import FileMeta
-from gateway.metrics import Metrics
+from gateway.api.body import HashedBody
+from gateway.chert.client import ChertClient
+from gateway.chert.media import FileMeta
+from gateway.ops.metrics import Metrics
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,9 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from gateway.body import UploadBody
-from gateway.credentials import Credential
+from gateway.chert.progress import ProgressDeadline
+from gateway.chert.redact import Redactor
+from gateway.chert.retry import RetryPolicy, parse_retry_after, with_retries
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -45,9 +46,7 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from gateway.progress import ProgressDeadline
-from gateway.redact import Redactor
-from gateway.retry import RetryPolicy, parse_retry_after, with_retries
+from gateway.ops.credentials import Credential
 
 T = TypeVar("T")
 
@@ -75,6 +74,28 @@ class UploadSlot:
     upload_url: URL
     required_headers: dict[str, str]
     expires_at: str | None
+
+
+class UploadBody(Protocol):
+    """A body whose length is known up front and that streams its chunks.
+
+    `chunks` tells `progress` each time it hands over a chunk and each time
+    it waits on its own source, so only a stalled *upstream* trips it.
+    """
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def replayable(self) -> bool:
+        """True when the body can be sent again from the start (spooled to disk)."""
+
+    @property
+    def failure(self) -> GatewayError | None:
+        """Set when the body's own source failed (the caller left, stalled, lied
+        about its length): that, not the broken PUT, is what the caller hears."""
+
+    def chunks(self, progress: ProgressDeadline) -> AsyncIterator[bytes]: ...
 
 
 class ChertObserver(Protocol):

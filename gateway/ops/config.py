@@ -16,8 +16,8 @@ from typing import Any
 
 from yarl import URL
 
-from gateway import credentials
-from gateway.credentials import Credential
+from gateway.ops import credentials
+from gateway.ops.credentials import Credential
 
 # Chert's own per-file limit (chert-api/attachments.md): nothing larger can
 # ever be sent, so a larger gateway limit would only waste the caller's bytes.

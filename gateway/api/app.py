@@ -18,25 +18,14 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from gateway import __version__, handlers, logs, retry
-from gateway.admission import Admission
-from gateway.chert import ChertClient
-from gateway.config import Settings
-from gateway.errors import (
-    GatewayError,
-    InvalidRequestError,
-    MethodNotAllowedError,
-    NotFoundError,
-    PayloadTooLargeError,
-    UnauthorizedError,
-)
-from gateway.http_protocol import OnRefusal
-from gateway.idempotency import IdempotencyStore
-from gateway.metrics import Metrics
-from gateway.pipeline import UploadPipeline
-from gateway.redact import Redactor
-from gateway.spool import Spool
-from gateway.state import (
+from gateway import __version__
+from gateway.api import handlers
+from gateway.api.admission import Admission
+from gateway.api.http_protocol import OnRefusal
+from gateway.api.idempotency import IdempotencyStore
+from gateway.api.pipeline import UploadPipeline
+from gateway.api.spool import Spool
+from gateway.api.state import (
     ADMISSION,
     CHERT,
     IDEMPOTENCY,
@@ -47,6 +36,20 @@ from gateway.state import (
     SETTINGS,
     SPOOL,
 )
+from gateway.chert import retry
+from gateway.chert.client import ChertClient
+from gateway.chert.redact import Redactor
+from gateway.errors import (
+    GatewayError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnauthorizedError,
+)
+from gateway.ops import logs
+from gateway.ops.config import Settings
+from gateway.ops.metrics import Metrics
 
 log = logging.getLogger("chert_gateway")
 access_log = logging.getLogger(logs.ACCESS_LOGGER)

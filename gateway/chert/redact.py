@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from gateway.credentials import Credential
+from gateway.ops.credentials import Credential
 
 REDACTED = "[redacted]"
 

@@ -34,8 +34,9 @@ import anyio
 import orjson
 from aiofiles.threadpool.binary import AsyncBufferedReader
 
-from gateway import media
-from gateway.errors import GatewayError, from_answer
+from gateway.chert import media
+from gateway.chert.retry import parse_retry_after
+from gateway.errors import GatewayError
 
 # Retried answers: the gateway is busy or Chert is, or the key's first request runs.
 RETRIED_CODES = frozenset({"overloaded", "upstream_unavailable", "idempotency_in_progress"})
@@ -272,6 +273,35 @@ async def _json(response: aiohttp.ClientResponse) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return {"error": {"code": "internal_error", "message": raw[:200].decode(errors="replace")}}
+
+
+def _tree(cls: type[GatewayError]) -> list[type[GatewayError]]:
+    found: list[type[GatewayError]] = [cls]
+    for sub in cls.__subclasses__():
+        found += _tree(sub)
+    return found
+
+
+# code → class, so a client can raise the very error the gateway answered with.
+ERRORS_BY_CODE: dict[str, type[GatewayError]] = {cls.code: cls for cls in _tree(GatewayError)}
+
+
+def from_answer(status: int, body: Any, retry_after: str | None = None) -> GatewayError:
+    """The gateway's JSON error body (or whatever came instead) as an exception."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        exc = GatewayError(f"HTTP {status} without the gateway's error body")
+        exc.status = status  # type: ignore[misc]
+        return exc
+    cls = ERRORS_BY_CODE.get(str(error.get("code")), GatewayError)
+    exc = cls(
+        str(error.get("message", "")),
+        chert_code=error.get("chert_code"),
+        retry_after=parse_retry_after(retry_after),
+        retryable=bool(error.get("retryable", cls.retryable)),
+    )
+    exc.request_id = error.get("request_id")
+    return exc
 
 
 __all__ = ["BlockingGatewayClient", "GatewayClient", "GatewayError", "GatewayUnreachableError"]

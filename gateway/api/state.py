@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.admission import Admission
-from gateway.chert import ChertClient
-from gateway.config import Settings
-from gateway.idempotency import IdempotencyStore
-from gateway.metrics import Metrics
-from gateway.pipeline import UploadPipeline
-from gateway.spool import Spool
+from gateway.api.admission import Admission
+from gateway.api.idempotency import IdempotencyStore
+from gateway.api.pipeline import UploadPipeline
+from gateway.api.spool import Spool
+from gateway.chert.client import ChertClient
+from gateway.ops.config import Settings
+from gateway.ops.metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)

@@ -33,15 +33,16 @@ from typing import Any
 from aiohttp import BodyPartReader, MultipartReader, hdrs
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway import body, intake, media
-from gateway.body import BodyLimits
+from gateway.api import body, intake
+from gateway.api.body import BodyLimits
+from gateway.api.http_protocol import parser_reason
+from gateway.api.idempotency import fingerprint
+from gateway.api.pipeline import UploadedFile, UploadPipeline
+from gateway.api.spool import Spool
+from gateway.chert import media
+from gateway.chert.media import FileMeta
+from gateway.chert.message_shape import URL_RE, ShapeError, check_send_body
 from gateway.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
-from gateway.http_protocol import parser_reason
-from gateway.idempotency import fingerprint
-from gateway.media import FileMeta
-from gateway.message_shape import URL_RE, ShapeError, check_send_body
-from gateway.pipeline import UploadedFile, UploadPipeline
-from gateway.spool import Spool
 
 MAX_FILES = 10
 MAX_FIELDS = 20  # parts that are not files: text, rich_link, parallel_attachments

@@ -22,13 +22,13 @@ from aiohttp.multipart import (
     parse_content_disposition,
 )
 
-from gateway import media
+from gateway.chert import media
+from gateway.chert.media import FileMeta
 from gateway.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
-from gateway.media import FileMeta
 
 # Chert's ids (chats, attachments) are UUIDs, hex or prefixed hex (in_536f…): allow any plain
 # token, refuse anything that could change the path it is put into.

@@ -9,8 +9,9 @@
     digest()        a body read to its end for its size and SHA-256 only
                     (the repeat of an Idempotency-Key)
 
-`BodyLimits` is what every reader of a body is bounded by. `chert.py` sends
-an `UploadBody`; the pipeline reads the `HashedBody` extras for the answer.
+`BodyLimits` is what every reader of a body is bounded by. The Chert client
+sends any `UploadBody` (it defines what it needs, in `chert/client.py`); the
+bodies here are `HashedBody`s, whose extras the pipeline reads for the answer.
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ from typing import Protocol
 from aiohttp import StreamReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway import media, tuning
+from gateway.api.http_protocol import parser_reason
+from gateway.api.spool import Spool, SpoolFile
+from gateway.chert import media
+from gateway.chert.client import UploadBody
+from gateway.chert.media import FileMeta
+from gateway.chert.progress import ProgressDeadline
 from gateway.errors import (
     ClientAbortedError,
     ClientTimeoutError,
@@ -35,10 +41,7 @@ from gateway.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
-from gateway.http_protocol import parser_reason
-from gateway.media import FileMeta
-from gateway.progress import ProgressDeadline
-from gateway.spool import Spool, SpoolFile
+from gateway.ops import tuning
 
 # The size of the pieces read from the caller and written to Chert: 256 KiB
 # measured fastest for a relay (docs/performance.md).
@@ -62,28 +65,6 @@ class BodyLimits:
     client_timeout: float
     sha256: bool = True
     chunk_size: int = CHUNK_BYTES
-
-
-class UploadBody(Protocol):
-    """A body whose length is known up front and that streams its chunks.
-
-    `chunks` tells `progress` each time it hands over a chunk and each time
-    it waits on its own source, so only a stalled *upstream* trips it.
-    """
-
-    @property
-    def size(self) -> int: ...
-
-    @property
-    def replayable(self) -> bool:
-        """True when the body can be sent again from the start (spooled to disk)."""
-
-    @property
-    def failure(self) -> GatewayError | None:
-        """Set when the body's own source failed (the caller left, stalled, lied
-        about its length): that, not the broken PUT, is what the caller hears."""
-
-    def chunks(self, progress: ProgressDeadline) -> AsyncIterator[bytes]: ...
 
 
 class HashedBody(UploadBody, Protocol):
