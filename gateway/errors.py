@@ -31,9 +31,12 @@ from typing import Any, ClassVar
 
 
 class GatewayError(Exception):
-    code: ClassVar[str] = "internal_error"
-    status: ClassVar[int] = 500
-    retryable: ClassVar[bool] = False
+    # Each class's defaults; an instance may know better (a broken streamed
+    # PUT is an upstream_error the caller can safely send again; the HTTP
+    # parser's 431 stays 431), so they are instance attributes.
+    code: str = "internal_error"
+    status: int = 500
+    retryable: bool = False
     # The Retry-After an answer carries when the raiser named none: every 503
     # tells the caller when to come back (SPEC). Not a wait for the gateway's
     # own retries, which take only what Chert said.
@@ -46,17 +49,18 @@ class GatewayError(Exception):
         chert_code: int | None = None,
         retry_after: float | None = None,
         retryable: bool | None = None,
+        status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.chert_code = chert_code
         self.retry_after = retry_after
-        # Set on errors a client rebuilt from an answer (see from_answer).
+        # Set on errors a client rebuilt from an answer (client.calls.from_answer).
         self.request_id: str | None = None
         if retryable is not None:
-            # An instance may know better than its class: a broken streamed
-            # PUT is an upstream_error the caller can safely send again.
-            self.retryable = retryable  # type: ignore[misc]
+            self.retryable = retryable
+        if status is not None:
+            self.status = status
 
     def to_json(self, request_id: str) -> dict[str, Any]:
         return {

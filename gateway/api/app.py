@@ -11,6 +11,7 @@ import re
 import time
 import traceback
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -225,7 +226,7 @@ async def client_auth_middleware(request: web.Request, handler: Handler) -> web.
     return await handler(request)
 
 
-async def _chert_client(app: web.Application) -> Any:
+async def _chert_client(app: web.Application) -> AsyncIterator[None]:
     """The session to Chert lives as long as the app (cleanup_ctx)."""
     settings = app[SETTINGS]
     metrics = app[METRICS]

@@ -43,6 +43,7 @@ from gateway.chert import media
 from gateway.chert.media import FileMeta
 from gateway.chert.message_shape import URL_RE, ShapeError, check_send_body
 from gateway.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from gateway.ops.config import parse_boolean
 
 MAX_FILES = 10
 MAX_FIELDS = 20  # parts that are not files: text, rich_link, parallel_attachments
@@ -50,7 +51,6 @@ MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS_TOTAL_BYTES = 256 * 1024
 # Files uploaded to Chert at once for one form; more wait their turn.
 UPLOAD_CONCURRENCY = 3
-BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 # A part's own transfer coding: only those that leave the bytes as they are.
 IDENTITY_CODINGS = frozenset({"", "identity", "binary", "8bit", "7bit"})
 
@@ -293,6 +293,6 @@ def _field_part(name: str, value: str) -> dict[str, Any] | None:
 
 def _boolean(value: str) -> bool:
     try:
-        return BOOLEANS[value.strip().lower()]
-    except KeyError:
+        return parse_boolean(value)
+    except ValueError:
         raise InvalidRequestError("parallel_attachments must be true or false") from None

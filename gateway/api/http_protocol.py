@@ -75,9 +75,9 @@ def _as_error(status: int, exc: BaseException | None) -> GatewayError:
     if status == 413:
         return PayloadTooLargeError(parser_reason(exc))
     if 400 <= status < 500:
-        error = InvalidRequestError(f"the HTTP request is malformed: {parser_reason(exc)}")
-        error.status = status  # type: ignore[misc]  # 431 stays 431
-        return error
+        return InvalidRequestError(
+            f"the HTTP request is malformed: {parser_reason(exc)}", status=status
+        )
     return GatewayError("unexpected error in the gateway; see its log for request_id")
 
 

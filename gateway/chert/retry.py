@@ -2,10 +2,9 @@
 Retry-After, a bounded number of attempts, and an overall deadline.
 
 A plain loop rather than a retry library: the one tried (tenacity) built a
-reference cycle of some 40 objects per call, success or not, so that with
-three calls per upload the garbage collector took a fifth of the gateway's
-CPU on small files (docs/performance.md). Here a call that succeeds first
-time costs one `try`.
+reference cycle per call, success or not, which brought the garbage
+collector back on small files (docs/performance.md). Here a call that
+succeeds first time costs one `try`.
 """
 
 from __future__ import annotations

@@ -290,9 +290,7 @@ def from_answer(status: int, body: Any, retry_after: str | None = None) -> Gatew
     """The gateway's JSON error body (or whatever came instead) as an exception."""
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
-        exc = GatewayError(f"HTTP {status} without the gateway's error body")
-        exc.status = status  # type: ignore[misc]
-        return exc
+        return GatewayError(f"HTTP {status} without the gateway's error body", status=status)
     cls = ERRORS_BY_CODE.get(str(error.get("code")), GatewayError)
     exc = cls(
         str(error.get("message", "")),

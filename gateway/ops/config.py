@@ -194,7 +194,7 @@ class Settings:
             client_tokens=credential("GATEWAY_CLIENT_TOKENS", many=True),
             client_timeout=parse("GATEWAY_CLIENT_TIMEOUT", _positive_float),
             drain_seconds=parse("GATEWAY_DRAIN_SECONDS", _non_negative_float),
-            sha256=parse("GATEWAY_SHA256", _boolean),
+            sha256=parse("GATEWAY_SHA256", parse_boolean),
             event_loop=parse("GATEWAY_EVENT_LOOP", _event_loop),
             simulate=simulate,
         )
@@ -236,7 +236,8 @@ def _positive_float(raw: str) -> float:
     return value
 
 
-def _boolean(raw: str) -> bool:
+def parse_boolean(raw: str) -> bool:
+    """true/false, 1/0, yes/no, on/off (any case); ValueError otherwise."""
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True

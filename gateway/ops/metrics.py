@@ -39,8 +39,8 @@ class Labelled(Generic[LabelledMetric]):
     """A labelled metric whose children are looked up once each.
 
     prometheus_client's labels() checks the values, builds a key and takes
-    a lock on every call (1.4 µs against 0.3 for a dict lookup), nine times
-    per upload. Label values here are bounded, so this cache is too.
+    a lock on every call, several times per upload (docs/performance.md
+    has the cost). Label values here are bounded, so this cache is too.
     """
 
     __slots__ = ("_children", "metric")

@@ -4,15 +4,12 @@
 (`read_size`).
 
 glibc's malloc: by default its mmap threshold adapts upwards as buffers
-are freed, so the relay's per-chunk buffers (256 KiB) churn through
-brk/trim and page faults, about 25-30k minor faults per 100 MB.
-Fixing the mmap threshold at 4 MiB with a 64 MiB trim threshold removed
-them and, in the same-run benchmark (docs/performance.md), raised large
-stream throughput by a quarter to a third; the trim setting alone made it
-slower. This is what MALLOC_MMAP_THRESHOLD_=4194304 and
-MALLOC_TRIM_THRESHOLD_=67108864 do, applied with mallopt() so that every
-way of starting the gateway gets it. An operator's own MALLOC_* variables
-win.
+are freed, so the relay's per-chunk buffers churn through brk/trim and page
+faults. A fixed mmap threshold (4 MiB) with a 64 MiB trim threshold removes
+them; what that gains is in docs/performance.md. This is what
+MALLOC_MMAP_THRESHOLD_=4194304 and MALLOC_TRIM_THRESHOLD_=67108864 do,
+applied with mallopt() so that every way of starting the gateway gets it.
+An operator's own MALLOC_* variables win.
 """
 
 from __future__ import annotations
@@ -70,13 +67,12 @@ def tune_gc() -> None:
 
     The gateway's upload paths make no reference cycles, so a collection
     finds almost nothing; what it costs is scanning the young objects of
-    every upload in flight, about 90 times a second under small uploads at
-    CPython's default threshold of 700. Freezing what lives as long as the
-    process (modules, classes, functions) and a threshold of
-    GC_GEN0_THRESHOLD took the collector from about 15 % of the gateway's
-    CPU to under 1 % (20 000 still spent 7 %). The cycles an error leaves
-    are small: the middleware clears the frames that held body pieces
-    (app._release_frames).
+    every upload in flight, many times a second at CPython's default
+    threshold. Freezing what lives as long as the process (modules,
+    classes, functions) and a threshold of GC_GEN0_THRESHOLD take the
+    collector off the profile (docs/performance.md). The cycles an error
+    leaves are small: the middleware clears the frames that held body
+    pieces (api.app._release_frames).
     """
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
@@ -88,8 +84,7 @@ def read_size(transport: asyncio.BaseTransport | None, nbytes: int) -> Iterator[
     """Read up to `nbytes` per recv() on this connection while inside.
 
     asyncio's socket transports read at most `max_size` bytes (256 KiB) at a
-    time. A relay that reads and writes 1 MiB pieces makes a quarter of the
-    reads, writes and loop turns, which measured a fifth less CPU per byte
+    time; larger pieces mean fewer reads, writes and loop turns per byte
     (docs/performance.md). uvloop's transports have no such attribute and
     keep their own size.
     """
