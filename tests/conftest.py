@@ -23,9 +23,7 @@ from gateway.api.state import METRICS
 from gateway.ops.config import Settings
 from gateway.server import RUNNER_OPTIONS, api_runner
 from gateway.simulator import ChertSimulator
-
-SECRET = "sim-secret-7f3c2a9e41b8d5"
-CHAT_ID = "0f2d3c1a-8b4e-4f6a-90d2-1a3b4c5d6e7f"
+from tests.constants import SECRET
 
 GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 

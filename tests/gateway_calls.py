@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import CHAT_ID
+from tests.constants import CHAT_ID
 from tests.samples import sample
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 
@@ -131,19 +132,41 @@ class GatewayProcess:
         return procstat.status_bytes("VmHWM", self.pid)
 
 
+class Ran(NamedTuple):
+    code: int
+    out: str
+    err: str
+
+
+async def run(*argv: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Ran:
+    """Run a command to its end: (exit code, stdout, stderr). `env` is added
+    to this process's environment. The one runner of short-lived commands."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return Ran(proc.returncode, out.decode(), err.decode())
+
+
+async def gateway_cli(*args: str, env: dict[str, str] | None = None) -> Ran:
+    """`chert-gateway ARGS` as `python -m gateway`."""
+    return await run(sys.executable, "-m", "gateway", *args, env=env)
+
+
+async def shell(command: str, *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Ran:
+    """A command line as a person would paste it, through bash."""
+    return await run("bash", "-c", command, env=env, cwd=cwd)
+
+
 async def curl(*args: str, cwd: Path | None = None) -> tuple[int, str]:
     """Run curl (a real client) and return (HTTP status, body text)."""
     from tests.conftest import require_tool
 
-    proc = await asyncio.create_subprocess_exec(
-        require_tool("curl"),
-        "-sS",
-        "-w",
-        "\n%{http_code}",
-        *args,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await proc.communicate()
-    body, _, code = out.decode().rpartition("\n")
+    _, out, _ = await run(require_tool("curl"), "-sS", "-w", "\n%{http_code}", *args, cwd=cwd)
+    body, _, code = out.rpartition("\n")
     return int(code), body

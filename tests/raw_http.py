@@ -11,7 +11,7 @@ import orjson
 from aiohttp.test_utils import TestClient
 
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID
+from tests.constants import CHAT_ID
 from tests.samples import PNG_MAGIC
 
 PATH = f"/v1/chats/{CHAT_ID}/attachments"
@@ -47,7 +47,7 @@ class RawCaller:
         return reader, writer
 
 
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+async def until(predicate: Any, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.02)
@@ -74,5 +74,5 @@ async def disconnect_mid_body(client: TestClient[Any, Any], simulator: ChertSimu
     _, writer = await RawCaller(client).open(5_000_000)
     writer.write(PNG_MAGIC + os.urandom(500_000))
     await writer.drain()
-    await wait_for(lambda: simulator.state.requests_to("PUT"))
+    await until(lambda: simulator.state.requests_to("PUT"))
     writer.close()

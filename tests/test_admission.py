@@ -8,9 +8,10 @@ from typing import Any
 
 from gateway.api.state import ADMISSION
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID, GatewayFactory
+from tests.conftest import GatewayFactory
+from tests.constants import CHAT_ID
 from tests.gateway_calls import png_bytes, send
-from tests.raw_http import RawCaller, read_status, wait_for
+from tests.raw_http import RawCaller, read_status, until
 
 
 async def test_client_tokens_are_required_when_configured(
@@ -51,7 +52,7 @@ async def test_at_the_in_flight_limit_the_next_upload_gets_503_before_its_body(
     first.write(png_bytes(100_000))
     await first.drain()
     admission = client.server.app[ADMISSION]  # type: ignore[union-attr]
-    await wait_for(lambda: admission.in_flight == 1)
+    await until(lambda: admission.in_flight == 1)
 
     reader, second = await RawCaller(client).open(size, expect=True)
     assert await read_status(reader) == 503
@@ -63,9 +64,9 @@ async def test_at_the_in_flight_limit_the_next_upload_gets_503_before_its_body(
 
     first.write(os.urandom(size - 100_000))
     await first.drain()
-    await wait_for(lambda: len(simulator.state.messages) == 1)
+    await until(lambda: len(simulator.state.messages) == 1)
     first.close()
-    await wait_for(lambda: admission.in_flight == 0)
+    await until(lambda: admission.in_flight == 0)
     status, _, _ = await send(client, png_bytes(100), chat_id=CHAT_ID)
     assert status == 201
 

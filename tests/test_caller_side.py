@@ -4,8 +4,6 @@ Python client, against a gateway and the simulator on loopback."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +14,10 @@ from aiohttp.test_utils import TestClient
 from gateway.client.calls import BlockingGatewayClient, GatewayClient, GatewayUnreachableError
 from gateway.errors import PayloadTooLargeError, UnsupportedMediaTypeError
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID, GatewayFactory
+from tests.conftest import GatewayFactory
+from tests.constants import CHAT_ID
+from tests.processes import gateway_cli
 from tests.samples import sample
-
-
-async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", *args,
-        env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def write(tmp_path: Path, name: str, content_type: str, size: int) -> Path:
@@ -41,7 +30,7 @@ async def test_send_one_file(
     gateway: TestClient[Any, Any], simulator: ChertSimulator, tmp_path: Path
 ) -> None:
     photo = write(tmp_path, "photo.jpg", "image/jpeg", 300_000)
-    code, out, err = await run_cli(
+    code, out, err = await gateway_cli(
         "send", str(photo), "--chat", CHAT_ID, "--text", "Look",
         "--gateway", str(gateway.make_url("")).rstrip("/"),
     )  # fmt: skip
@@ -56,7 +45,7 @@ async def test_send_several_files_as_one_message_with_json_output(
     gateway: TestClient[Any, Any], simulator: ChertSimulator, tmp_path: Path
 ) -> None:
     files = [write(tmp_path, f"{n}.png", "image/png", 50_000) for n in ("a", "b", "c")]
-    code, out, err = await run_cli(
+    code, out, err = await gateway_cli(
         "send", *map(str, files), "--chat", CHAT_ID, "--json",
         "--gateway", str(gateway.make_url("")).rstrip("/"),
     )  # fmt: skip
@@ -74,11 +63,13 @@ async def test_send_reports_415_and_413_with_a_failing_status(
     url = str(client.make_url("")).rstrip("/")
     text = tmp_path / "notes.txt"
     text.write_text("not media")
-    code, _, err = await run_cli("send", str(text), "--chat", CHAT_ID, "--gateway", url)
+    code, _, err = await gateway_cli("send", str(text), "--chat", CHAT_ID, "--gateway", url)
     assert code != 0
     assert "unsupported_media_type (HTTP 415)" in err
     big = write(tmp_path, "big.png", "image/png", 200_000)
-    code, out, _ = await run_cli("send", str(big), "--chat", CHAT_ID, "--gateway", url, "--json")
+    code, out, _ = await gateway_cli(
+        "send", str(big), "--chat", CHAT_ID, "--gateway", url, "--json"
+    )
     assert code != 0
     assert orjson.loads(out)["error"]["code"] == "payload_too_large"
     assert simulator.state.requests == []
@@ -91,7 +82,7 @@ async def test_send_retries_a_503_with_one_idempotency_key(
     # Retry-After; the command waits and sends again, and Chert has recovered.
     simulator.faults.update({"fail_sends": 4, "fail_send_code": 3002, "retry_after_seconds": 0})
     photo = write(tmp_path, "photo.png", "image/png", 20_000)
-    code, out, err = await run_cli(
+    code, out, err = await gateway_cli(
         "send", str(photo), "--chat", CHAT_ID, "--json",
         "--gateway", str(gateway.make_url("")).rstrip("/"),
     )  # fmt: skip
@@ -105,7 +96,7 @@ async def test_send_retries_a_503_with_one_idempotency_key(
 
 async def test_send_to_nowhere_fails_cleanly(tmp_path: Path) -> None:
     photo = write(tmp_path, "photo.png", "image/png", 1000)
-    code, _, err = await run_cli(
+    code, _, err = await gateway_cli(
         "send", str(photo), "--chat", CHAT_ID, "--gateway", "http://127.0.0.1:9"
     )
     assert code != 0
@@ -113,7 +104,7 @@ async def test_send_to_nowhere_fails_cleanly(tmp_path: Path) -> None:
 
 
 async def test_demo_reports_what_happened() -> None:
-    code, out, err = await run_cli("demo", "--size-mb", "3")
+    code, out, err = await gateway_cli("demo", "--size-mb", "3")
     assert code == 0, err
     for needle in (
         "Chert attachment id",

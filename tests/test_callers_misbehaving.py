@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from gateway.api.state import METRICS
 from gateway.simulator import ChertSimulator
 from tests.conftest import GatewayFactory
-from tests.raw_http import PATH, RawCaller, read_json_answer, read_status, wait_for
+from tests.raw_http import PATH, RawCaller, read_json_answer, read_status, until
 from tests.samples import PNG_MAGIC
 
 
@@ -27,18 +27,16 @@ async def test_caller_that_disconnects_mid_body_aborts_the_put_and_sends_nothing
     _reader, writer = await RawCaller(gateway).open(size)
     writer.write(PNG_MAGIC + os.urandom(size // 5))  # 20 %, then gone
     await writer.drain()
-    await wait_for(lambda: simulator.state.requests_to("PUT"))
+    await until(lambda: simulator.state.requests_to("PUT"))
     writer.close()
 
     (put,) = simulator.state.requests_to("PUT")
-    await wait_for(lambda: put.status is not None)
+    await until(lambda: put.status is not None)
     assert not put.body_complete
     assert put.body_bytes < size
     metrics = gateway.server.app[METRICS]  # type: ignore[union-attr]
     aborted = {"route": "send_file", "outcome": "client_aborted"}
-    await wait_for(
-        lambda: metrics.registry.get_sample_value("chert_gateway_requests_total", aborted)
-    )
+    await until(lambda: metrics.registry.get_sample_value("chert_gateway_requests_total", aborted))
     assert simulator.state.requests_to("POST", "/messages") == []
     # And the gateway keeps serving.
     response = await gateway.post(
@@ -75,7 +73,7 @@ async def test_caller_that_sends_less_than_declared_causes_no_send(
     writer.write(PNG_MAGIC + os.urandom(9 * 1024 * 1024))
     await writer.drain()
     writer.write_eof()  # "done" — 1 MB short
-    await wait_for(lambda: any(r.status for r in simulator.state.requests_to("PUT")))
+    await until(lambda: any(r.status for r in simulator.state.requests_to("PUT")))
     writer.close()
     await asyncio.sleep(0.2)
     (put,) = simulator.state.requests_to("PUT")
@@ -95,7 +93,7 @@ async def test_stalled_caller_gets_408_and_the_put_is_aborted(
     assert b" 408 " in status_line
     writer.close()
     (put,) = simulator.state.requests_to("PUT")
-    await wait_for(lambda: put.status is not None)
+    await until(lambda: put.status is not None)
     assert not put.body_complete
     assert simulator.state.requests_to("POST", "/messages") == []
 

@@ -4,56 +4,44 @@ whose curl line must work exactly as printed."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
-import sys
 
 import orjson
 import pytest
 
 from gateway.ops.config import OPTIONS
 from tests.conftest import require_tool
-from tests.processes import GatewayProcess
+from tests.processes import GatewayProcess, gateway_cli, shell
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=30,
-        check=False,
-    )
-
-
-def test_serve_help_documents_every_option() -> None:
-    result = run_cli("serve", "--help")
-    assert result.returncode == 0
+async def test_serve_help_documents_every_option() -> None:
+    result = await gateway_cli("serve", "--help")
+    assert result.code == 0
     for option in OPTIONS:
-        assert option.flag in result.stdout
-        assert option.env in result.stdout
-    assert "--simulate" in result.stdout
+        assert option.flag in result.out
+        assert option.env in result.out
+    assert "--simulate" in result.out
 
 
-def test_a_bad_configuration_stops_start_up_with_one_line() -> None:
-    result = run_cli("serve", env={"CHERT_SIGNING_SECRET": "x", "GATEWAY_MAX_IN_FLIGHT": "many"})
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+async def test_a_bad_configuration_stops_start_up_with_one_line() -> None:
+    result = await gateway_cli(
+        "serve", env={"CHERT_SIGNING_SECRET": "x", "GATEWAY_MAX_IN_FLIGHT": "many"}
+    )
+    assert result.code == 2
+    lines = result.err.strip().splitlines()
     assert len(lines) == 1
     assert "GATEWAY_MAX_IN_FLIGHT" in lines[0]
 
 
-def test_a_flag_overrides_its_environment_variable() -> None:
-    result = run_cli(
+async def test_a_flag_overrides_its_environment_variable() -> None:
+    result = await gateway_cli(
         "serve",
         "--max-in-flight",
         "zero",
         env={"CHERT_SIGNING_SECRET": "x", "GATEWAY_MAX_IN_FLIGHT": "5"},
     )
-    assert result.returncode == 2
-    assert "'zero'" in result.stderr
+    assert result.code == 2
+    assert "'zero'" in result.err
 
 
 @pytest.mark.parametrize(
@@ -73,12 +61,9 @@ async def test_the_simulate_banner_prints_a_curl_line_that_works() -> None:
         await asyncio.sleep(0.1)  # the banner follows the "listening" line
         (line,) = [line for line in gateway.lines if line.strip().startswith("curl ")]
         # Exactly as printed, through a shell, as a person would paste it.
-        proc = await asyncio.create_subprocess_exec(
-            "bash", "-c", line.strip() + " -w '\\n%{http_code}'", stdout=asyncio.subprocess.PIPE
-        )
-        out, _ = await proc.communicate()
+        _, out, _ = await shell(line.strip() + " -w '\\n%{http_code}'")
         exit_code = await gateway.stop()
-    body, _, status = out.decode().rpartition("\n")
+    body, _, status = out.rpartition("\n")
     assert status == "201", body
     answer = orjson.loads(body)
     assert answer["filename"] == "hello.png"

@@ -35,7 +35,8 @@ from gateway.api.admission import Admission
 from gateway.api.app import create_ops_app
 from gateway.ops.config import OPTIONS, parse_listen
 from gateway.ops.metrics import Metrics
-from tests.conftest import SECRET, require_tool
+from tests.conftest import require_tool
+from tests.constants import SECRET
 from tests.processes import GatewayProcess, curl
 from tests.samples import make_file
 

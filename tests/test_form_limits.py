@@ -14,7 +14,8 @@ from aiohttp.test_utils import BaseTestServer, TestClient
 
 from gateway.api import form
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID, gateway_env
+from tests.conftest import gateway_env
+from tests.constants import CHAT_ID
 from tests.processes import GatewayProcess
 from tests.samples import MIB, sample
 

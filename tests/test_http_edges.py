@@ -19,7 +19,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway.api import http_protocol
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID, GatewayFactory
+from tests.conftest import GatewayFactory
+from tests.constants import CHAT_ID
 from tests.raw_http import PATH, read_json_answer, read_status
 from tests.samples import PNG_MAGIC
 

@@ -14,9 +14,10 @@ from aiohttp.test_utils import TestClient
 from gateway.api.idempotency import IdempotencyStore
 from gateway.errors import IdempotencyInProgressError, IdempotencyKeyReusedError
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID, GatewayFactory
+from tests.conftest import GatewayFactory
+from tests.constants import CHAT_ID
 from tests.gateway_calls import png_bytes, send
-from tests.raw_http import RawCaller, wait_for
+from tests.raw_http import RawCaller, until
 from tests.samples import sample
 
 
@@ -51,7 +52,7 @@ async def test_a_repeat_while_the_first_runs_is_409(
     _, first = await RawCaller(gateway).open(size, headers={"Idempotency-Key": "slow-1"})
     first.write(png_bytes(1000))
     await first.drain()
-    await wait_for(lambda: simulator.state.requests_to("PUT"))
+    await until(lambda: simulator.state.requests_to("PUT"))
     status, answer, response = await send(
         gateway, png_bytes(size), headers={"Idempotency-Key": "slow-1"}
     )

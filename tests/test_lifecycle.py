@@ -11,7 +11,8 @@ import aiohttp
 from aiohttp.test_utils import BaseTestServer
 
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID, SECRET, gateway_env
+from tests.conftest import gateway_env
+from tests.constants import CHAT_ID, SECRET
 from tests.processes import GatewayProcess, curl
 from tests.raw_http import read_json_answer, read_status
 from tests.samples import PNG_MAGIC, make_file

@@ -14,9 +14,9 @@ import requests
 from aiohttp.test_utils import TestClient
 
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID
+from tests.constants import CHAT_ID
 from tests.processes import curl
-from tests.raw_http import wait_for
+from tests.raw_http import until
 from tests.samples import sample
 
 PATH = f"/v1/chats/{CHAT_ID}/messages"
@@ -108,7 +108,7 @@ async def test_each_file_uploads_while_the_next_part_is_still_arriving(
         # The next part's opening tells the parser the first one is complete.
         yield f"--{boundary}\r\n".encode()
         # Hold the second part back until Chert holds the whole first file.
-        await wait_for(lambda: any(r.body_complete for r in simulator.state.requests_to("PUT")))
+        await until(lambda: any(r.body_complete for r in simulator.state.requests_to("PUT")))
         yield file_part("second.png", second)[len(f"--{boundary}\r\n") :]
         yield f"--{boundary}--\r\n".encode()
 

@@ -23,7 +23,8 @@ from gateway.api.app import create_app, create_ops_app
 from gateway.ops.config import Settings
 from gateway.ops.metrics import Metrics
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID, ServerAsDeployed, gateway_env, require_tool
+from tests.conftest import ServerAsDeployed, gateway_env, require_tool
+from tests.constants import CHAT_ID
 from tests.samples import sample
 
 ROOT = Path(__file__).resolve().parent.parent

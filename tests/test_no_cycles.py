@@ -26,9 +26,9 @@ from aiohttp.test_utils import TestClient
 
 from gateway.api.state import ADMISSION
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID
+from tests.constants import CHAT_ID
 from tests.gateway_calls import png_bytes, send
-from tests.raw_http import disconnect_mid_body, wait_for
+from tests.raw_http import disconnect_mid_body, until
 
 UPLOADS = 30
 # What a closed asyncio transport's own cycle is made of (see without_closed_transports).
@@ -162,7 +162,7 @@ async def test_a_broken_upload_holds_none_of_its_body_in_cycles(
     admission = gateway.server.app[ADMISSION]  # type: ignore[union-attr]
     for _ in range(5):
         await disconnect_mid_body(gateway, simulator)
-        await wait_for(lambda: admission.in_flight == 0)
+        await until(lambda: admission.in_flight == 0)
     gc.collect()
     # The in-process simulator's own frames are not the gateway's concern.
     held = bytes_held_by_frames(saved_garbage, skip="/simulator/")

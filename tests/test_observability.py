@@ -17,9 +17,10 @@ from gateway.api.state import ADMISSION, METRICS
 from gateway.ops import logs
 from gateway.ops.metrics import Metrics
 from gateway.simulator import ChertSimulator
-from tests.conftest import SECRET, GatewayFactory
+from tests.conftest import GatewayFactory
+from tests.constants import SECRET
 from tests.gateway_calls import png_bytes, send
-from tests.raw_http import RawCaller, disconnect_mid_body, wait_for
+from tests.raw_http import RawCaller, disconnect_mid_body, until
 from tests.samples import PNG_MAGIC
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -99,7 +100,7 @@ async def test_each_outcome_moves_its_counter_by_exactly_one(
     metrics = metrics_of(client)
     before = samples(metrics, "chert_gateway_requests_total")
     await action(client, simulator)
-    await wait_for(lambda: moved(before, samples(metrics, "chert_gateway_requests_total")))
+    await until(lambda: moved(before, samples(metrics, "chert_gateway_requests_total")))
     await asyncio.sleep(0.1)  # nothing else may follow
     changes = moved(before, samples(metrics, "chert_gateway_requests_total"))
     assert changes == {(("outcome", outcome), ("route", "send_file")): 1.0}
@@ -122,7 +123,7 @@ async def test_in_flight_returns_to_zero_after_aborted_uploads(
     registry = metrics_of(client).registry
     await disconnect_mid_body(client, simulator)
     await stall_mid_body(client, simulator)
-    await wait_for(lambda: registry.get_sample_value("chert_gateway_uploads_in_flight") == 0.0)
+    await until(lambda: registry.get_sample_value("chert_gateway_uploads_in_flight") == 0.0)
     assert client.server.app[ADMISSION].in_flight == 0  # type: ignore[union-attr]
 
 

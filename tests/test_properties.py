@@ -21,7 +21,7 @@ from gateway.chert import media, retry
 from gateway.chert.redact import REDACTED, Redactor
 from gateway.errors import GatewayError
 from gateway.ops.credentials import Credential
-from tests.conftest import CHAT_ID
+from tests.constants import CHAT_ID
 from tests.samples import sample
 
 FAST = settings(max_examples=300, deadline=None)

@@ -6,7 +6,6 @@ would fill it in."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import sys
@@ -16,7 +15,7 @@ from typing import Any
 import orjson
 
 from tests.conftest import require_tool
-from tests.processes import GatewayProcess
+from tests.processes import GatewayProcess, shell
 from tests.samples import sample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,16 +54,6 @@ def test_the_readme_has_an_example_for_every_way_in() -> None:
         assert needle in joined, needle
 
 
-async def run(command: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "bash", "-c", command, env=env, cwd=cwd,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_every_readme_example_works_against_make_run(tmp_path: Path) -> None:
     require_tool("curl")
     for name, content_type in FILES.items():
@@ -81,7 +70,9 @@ async def test_every_readme_example_works_against_make_run(tmp_path: Path) -> No
                 name, value = match[1], match[2]
                 env[name] = last_answer["attachment_id"] if value == "…" else value
                 continue
-            code, out, err = await run(command.replace(README_GATEWAY, gateway.api), env, tmp_path)
+            code, out, err = await shell(
+                command.replace(README_GATEWAY, gateway.api), env=env, cwd=tmp_path
+            )
             assert code == 0, (command, err)
             if out.strip().startswith("{"):
                 answer = orjson.loads(out)

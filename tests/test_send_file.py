@@ -12,7 +12,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID, SECRET, GatewayFactory
+from tests.conftest import GatewayFactory
+from tests.constants import CHAT_ID, SECRET
 from tests.gateway_calls import png_bytes, send
 from tests.samples import sample
 

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import BaseTestServer
 
 from gateway.simulator import ChertSimulator
-from tests.conftest import SECRET
+from tests.constants import SECRET
 
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 

@@ -7,7 +7,6 @@ att_abc…) are filled in, as a reader of the docs would.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from pathlib import Path
@@ -18,7 +17,9 @@ import pytest
 from aiohttp.test_utils import BaseTestServer
 
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID, SECRET, require_tool
+from tests.conftest import require_tool
+from tests.constants import CHAT_ID, SECRET
+from tests.processes import shell
 from tests.samples import PNG_MAGIC
 
 DOCS = Path(__file__).parent.parent / "docs" / "chert-api"
@@ -44,24 +45,15 @@ class DocsReader:
     def __init__(self, base_url: str, workdir: Path) -> None:
         self.base_url = base_url.rstrip("/")
         self.workdir = workdir
-        self.env = {**os.environ, "CHERT_SIGNING_SECRET": SECRET, "CHAT_ID": CHAT_ID}
+        self.env = {"CHERT_SIGNING_SECRET": SECRET, "CHAT_ID": CHAT_ID}
 
     async def run(self, command: str, **fill: str) -> Any:
         require_tool("curl")
         command = command.replace(CHERT_HOST, self.base_url)
         for placeholder, value in fill.items():
             command = command.replace(placeholder, value)
-        proc = await asyncio.create_subprocess_exec(
-            "bash",
-            "-c",
-            command,
-            cwd=self.workdir,
-            env=self.env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode()
+        code, out, err = await shell(command, env=self.env, cwd=self.workdir)
+        assert code == 0, err
         return orjson.loads(out) if out.strip() else None
 
 

@@ -16,9 +16,10 @@ from aiohttp.test_utils import TestClient
 from gateway.api.spool import FILE_PREFIX, Spool
 from gateway.api.state import SPOOL
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID, GatewayFactory
+from tests.conftest import GatewayFactory
+from tests.constants import CHAT_ID
 from tests.processes import curl
-from tests.raw_http import wait_for
+from tests.raw_http import until
 from tests.samples import PNG_MAGIC, make_file
 
 PATH = f"/v1/chats/{CHAT_ID}/attachments"
@@ -112,10 +113,10 @@ async def test_a_chunked_caller_that_leaves_leaves_no_spool_file(
     writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
     await writer.drain()
     spool = client.server.app[SPOOL]  # type: ignore[union-attr]
-    await wait_for(lambda: spool.used > 0)
+    await until(lambda: spool.used > 0)
     writer.close()
-    await wait_for(lambda: spool.used == 0)
-    await wait_for(lambda: list(tmp_path.iterdir()) == [])
+    await until(lambda: spool.used == 0)
+    await until(lambda: list(tmp_path.iterdir()) == [])
     assert simulator.state.requests == []
 
 

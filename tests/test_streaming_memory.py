@@ -14,7 +14,8 @@ import pytest
 from aiohttp.test_utils import BaseTestServer
 
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID, SECRET, gateway_env
+from tests.conftest import gateway_env
+from tests.constants import CHAT_ID, SECRET
 from tests.processes import GatewayProcess, curl
 from tests.samples import MIB, make_file
 

@@ -17,7 +17,8 @@ from gateway.api.app import create_app
 from gateway.chert import retry
 from gateway.ops.config import Settings
 from gateway.simulator import ChertSimulator
-from tests.conftest import CHAT_ID, SECRET, GatewayFactory, ServerAsDeployed, gateway_env
+from tests.conftest import GatewayFactory, ServerAsDeployed, gateway_env
+from tests.constants import CHAT_ID, SECRET
 from tests.gateway_calls import png_bytes, send
 
 QUOTING = {

@@ -441,15 +441,22 @@ def _retry_after(exc: Exception) -> float | None:
 
 
 async def _answer_to_error(response: aiohttp.ClientResponse, operation: str) -> GatewayError:
-    status = response.status
-    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    raw = b"" if 300 <= response.status < 400 else await response.content.read(MAX_ERROR_BODY_BYTES)
+    return error_from_answer(operation, response.status, response.headers.get("Retry-After"), raw)
+
+
+def error_from_answer(
+    operation: str, status: int, retry_after_header: str | None, raw: bytes
+) -> GatewayError:
+    """A Chert answer that is not a success, as the gateway's error (the table
+    in this module's docstring). Pure: the unit tests call it directly."""
+    retry_after = parse_retry_after(retry_after_header)
     if 300 <= status < 400:
         return UpstreamError(
             f"Chert answered {operation} with a redirect ({status}); refused, the secret "
             "goes only to Chert's origin"
         )
     chert_code, chert_message = None, ""
-    raw = await response.content.read(MAX_ERROR_BODY_BYTES)
     try:
         error = orjson.loads(raw).get("error") or {}
         code = error.get("code")
