@@ -26,7 +26,7 @@ from yarl import URL
 from gateway.api.admission import Admission
 from gateway.api.app import create_app, create_ops_app, refusal_recorder
 from gateway.api.http_protocol import GatewayRunner
-from gateway.api.state import METRICS
+from gateway.api.keys import METRICS
 from gateway.ops.config import ListenAddress, Settings
 from gateway.ops.credentials import Credential
 from gateway.ops.metrics import Metrics

@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
 
 from gateway.api.app import create_app
-from gateway.api.state import METRICS
+from gateway.api.keys import METRICS
 from gateway.ops.config import Settings
 from gateway.server import RUNNER_OPTIONS, api_runner
 from gateway.simulator import ChertSimulator

@@ -6,7 +6,7 @@ import asyncio
 import os
 from typing import Any
 
-from gateway.api.state import ADMISSION
+from gateway.api.keys import ADMISSION
 from gateway.simulator import ChertSimulator
 from tests.conftest import GatewayFactory
 from tests.constants import CHAT_ID

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from gateway.api.state import METRICS
+from gateway.api.keys import METRICS
 from gateway.simulator import ChertSimulator
 from tests.conftest import GatewayFactory
 from tests.raw_http import PATH, RawCaller, read_json_answer, read_status, until

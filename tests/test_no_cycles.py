@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.api.state import ADMISSION
+from gateway.api.keys import ADMISSION
 from gateway.simulator import ChertSimulator
 from tests.constants import CHAT_ID
 from tests.gateway_calls import png_bytes, send

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.api.state import ADMISSION, METRICS
+from gateway.api.keys import ADMISSION, METRICS
 from gateway.ops import logs
 from gateway.ops.metrics import Metrics
 from gateway.simulator import ChertSimulator

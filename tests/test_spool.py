@@ -13,8 +13,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from gateway.api.keys import SPOOL
 from gateway.api.spool import FILE_PREFIX, Spool
-from gateway.api.state import SPOOL
 from gateway.simulator import ChertSimulator
 from tests.conftest import GatewayFactory
 from tests.constants import CHAT_ID

@@ -24,9 +24,7 @@ from gateway.api import handlers
 from gateway.api.admission import Admission
 from gateway.api.http_protocol import OnRefusal
 from gateway.api.idempotency import IdempotencyStore
-from gateway.api.pipeline import UploadPipeline
-from gateway.api.spool import Spool
-from gateway.api.state import (
+from gateway.api.keys import (
     ADMISSION,
     CHERT,
     IDEMPOTENCY,
@@ -37,6 +35,8 @@ from gateway.api.state import (
     SETTINGS,
     SPOOL,
 )
+from gateway.api.pipeline import UploadPipeline
+from gateway.api.spool import Spool
 from gateway.chert import retry
 from gateway.chert.client import ChertClient
 from gateway.chert.redact import Redactor

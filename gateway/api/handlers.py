@@ -19,8 +19,7 @@ from gateway.api import body, intake
 from gateway.api.body import CHUNK_BYTES, BodyLimits, HashedBody
 from gateway.api.form import digest_form, read_form
 from gateway.api.idempotency import fingerprint
-from gateway.api.pipeline import Result
-from gateway.api.state import (
+from gateway.api.keys import (
     ADMISSION,
     CHERT,
     IDEMPOTENCY,
@@ -30,6 +29,7 @@ from gateway.api.state import (
     SETTINGS,
     SPOOL,
 )
+from gateway.api.pipeline import Result
 from gateway.chert.message_shape import ShapeError, check_send_body
 from gateway.errors import InvalidRequestError
 
