@@ -7,5 +7,5 @@ intake         the request's headers and query, checked before the body
 body           the body itself: streamed or spooled, counted, hashed, sniffed
 form           multipart forms, each file uploaded as it arrives
 pipeline       slot → PUT → send, and the typed results
-admission, idempotency, spool, state   what the handlers share
+admission, idempotency, spool   what the handlers share; keys: the typed app and request keys
 """
