@@ -13,6 +13,7 @@ import os
 import secrets
 import shlex
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from gateway.ops import logs, tuning
 from gateway.ops.config import OPTIONS, ConfigError, Settings, parse_listen
 from gateway.server import RUNNER_OPTIONS, Running, serve, start_site
 from gateway.simulator import ChertSimulator
+from gateway.simulator import tls as simulator_tls
 from gateway.simulator.app import DOCS_CHAT_ID
 
 EXAMPLE_FILE = Path(__file__).parent / "examples" / "hello.png"
@@ -73,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("CHERT_SIGNING_SECRET") or None,
         help="bearer secret callers must present [env CHERT_SIGNING_SECRET; default: generated]",
     )
+    sim_cmd.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS with a throwaway CA, written to a file whose path is printed",
+    )
+    sim_cmd.add_argument("--tls-cert", type=Path, metavar="PEM", help="your own certificate chain")
+    sim_cmd.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
     sim_cmd.add_argument(
         "--discard",
         action="store_true",
@@ -147,20 +156,38 @@ def _serve(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     _configure_logs(args)
     secret = args.secret or secrets.token_urlsafe(24)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("chert-gateway: simulate: give --tls-cert and --tls-key together", file=sys.stderr)
+        return 2
 
-    async def run() -> None:
+    async def run(workdir: Path) -> None:
+        context, ca_path = None, None
+        if args.tls_cert is not None:
+            context = simulator_tls.from_files(args.tls_cert, args.tls_key)
+        elif args.tls:
+            context, ca_path = simulator_tls.throwaway(workdir)
         simulator = ChertSimulator(secret, store_bodies=not args.discard)
         runner = web.AppRunner(simulator.app(), **RUNNER_OPTIONS)
         await runner.setup()
-        url = await start_site(runner, parse_listen(f"{args.host}:{args.port}"))
+        url = await start_site(runner, parse_listen(f"{args.host}:{args.port}"), context)
         print(f"Chert simulator on {url}  (bearer secret: {secret})", file=sys.stderr, flush=True)
+        if ca_path is not None:
+            print(f"Its CA: {ca_path}", file=sys.stderr)
+            line = shlex.join(
+                [f"CHERT_API_URL={url}", f"CHERT_CA_FILE={ca_path}",
+                 f"CHERT_SIGNING_SECRET={secret}", "chert-gateway", "serve"]
+            )  # fmt: skip
+            print(f"Point a gateway at it:\n  {line}", file=sys.stderr, flush=True)
         try:
             await asyncio.Event().wait()
         finally:
             await runner.cleanup()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        tempfile.TemporaryDirectory(prefix="chert-simulator-tls-") as workdir,
+    ):
+        asyncio.run(run(Path(workdir)))
     return 0
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import signal
+import ssl
 import stat
 import time
 from collections.abc import Callable
@@ -62,7 +63,9 @@ class Running:
     simulated_secret: str | None
 
 
-async def start_site(runner: web.AppRunner, address: ListenAddress) -> str:
+async def start_site(
+    runner: web.AppRunner, address: ListenAddress, ssl_context: ssl.SSLContext | None = None
+) -> str:
     """Bind `address`; return where it actually listens (port 0 → the real port)."""
     if address.path is not None:
         _remove_stale_socket(address.path)
@@ -72,11 +75,12 @@ async def start_site(runner: web.AppRunner, address: ListenAddress) -> str:
         # can reach the (pod-local) directory it is in.
         os.chmod(address.path, 0o666)
         return f"unix:{address.path}"
-    site = web.TCPSite(runner, address.host, address.port)
+    site = web.TCPSite(runner, address.host, address.port, ssl_context=ssl_context)
     await site.start()
     # Each runner here has one site: its bound address is the last one.
     host, port = runner.addresses[-1][:2]
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    scheme = "https" if ssl_context is not None else "http"
+    return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -2,6 +2,8 @@
 # Debian packages the test suite uses as real peers and linters:
 #   curl        a real HTTP client
 #   prometheus  a real Prometheus, and promtool (checks metrics and rules)
+#   openssl     a real TLS server (s_server) that refuses old protocol versions
+#   tinyproxy   a real egress proxy (CONNECT tunnels to Chert)
 # In CI (CI=true) a package that cannot be installed fails the run; on a
 # developer's machine without root it is a warning, and the tests that need
 # it skip.
@@ -10,6 +12,8 @@ set -euo pipefail
 need=()
 command -v curl >/dev/null || need+=(curl)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
+command -v openssl >/dev/null || need+=(openssl)
+command -v tinyproxy >/dev/null || test -x /usr/bin/tinyproxy || need+=(tinyproxy)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=""

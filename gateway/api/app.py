@@ -37,7 +37,7 @@ from gateway.api.keys import (
 )
 from gateway.api.pipeline import UploadPipeline
 from gateway.api.spool import Spool
-from gateway.chert import retry
+from gateway.chert import retry, tls
 from gateway.chert.client import ChertClient
 from gateway.chert.redact import Redactor
 from gateway.errors import (
@@ -232,7 +232,9 @@ async def _chert_client(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     if settings.signing_secret is None:
         raise RuntimeError("the gateway needs a Chert secret before it starts")
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
+    connector = aiohttp.TCPConnector(
+        limit=0, ttl_dns_cache=60, ssl=tls.client_context(settings.ca_file)
+    )
     async with aiohttp.ClientSession(
         connector=connector,
         # aiohttp's default is total=300 s for every call; each call here sets

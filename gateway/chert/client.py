@@ -400,6 +400,18 @@ class ChertClient:
             raise
         except TimeoutError as exc:  # aiohttp's timeouts are TimeoutError subclasses
             raise UpstreamTimeoutError(f"Chert did not answer {operation} in time") from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # A configuration error, not an outage: never retried.
+            raise UpstreamError(
+                f"Chert's TLS certificate was refused for {operation} "
+                f"({exc.certificate_error}); if Chert is reached through a corporate "
+                "or private CA, set CHERT_CA_FILE to its PEM bundle"
+            ) from exc
+        except aiohttp.ClientSSLError as exc:
+            raise UpstreamError(
+                f"the TLS handshake with Chert failed for {operation} ({exc.os_error}); "
+                "check CHERT_API_URL, CHERT_CA_FILE and any egress proxy"
+            ) from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
             raise UpstreamUnavailableError(
                 f"could not reach Chert for {operation}: {type(exc).__name__}"

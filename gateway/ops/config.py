@@ -8,6 +8,7 @@ start-up with one line naming the variable and why (`ConfigError`).
 
 from __future__ import annotations
 
+import ssl
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 from yarl import URL
 
+from gateway.chert import tls
 from gateway.ops import credentials
 from gateway.ops.credentials import Credential
 
@@ -68,6 +70,12 @@ OPTIONS: tuple[Option, ...] = (
         "CHERT_SIGNING_SECRET_FILE",
         None,
         "file holding the Chert secret; re-read when it changes",
+        "PATH",
+    ),
+    Option(
+        "CHERT_CA_FILE",
+        None,
+        "extra PEM CA bundle trusted for Chert's TLS (verification is never off)",
         "PATH",
     ),
     Option("CHERT_TENANT", None, "sent as x-chert-tenant on content downloads", "SLUG"),
@@ -133,6 +141,7 @@ OPTIONS_BY_ENV = {option.env: option for option in OPTIONS}
 class Settings:
     chert_api_url: URL
     signing_secret: Credential | None
+    ca_file: Path | None
     tenant: str | None
     chert_timeout: float
     listen: ListenAddress
@@ -183,6 +192,7 @@ class Settings:
         return cls(
             chert_api_url=parse("CHERT_API_URL", _base_url),
             signing_secret=secret,
+            ca_file=parse("CHERT_CA_FILE", _ca_file),
             tenant=get("CHERT_TENANT"),
             chert_timeout=parse("CHERT_TIMEOUT", _positive_float),
             listen=parse("GATEWAY_LISTEN", parse_listen),
@@ -269,6 +279,17 @@ def _base_url(raw: str) -> URL:
     if url.query_string or url.fragment:
         raise ValueError("must not carry a query or fragment")
     return url.with_path(url.path.rstrip("/"))
+
+
+def _ca_file(raw: str) -> Path:
+    path = Path(raw).expanduser()
+    try:
+        tls.client_context(path)
+    except OSError as exc:
+        raise ValueError(f"cannot read {raw!r}: {exc.strerror or exc}") from None
+    except ssl.SSLError as exc:
+        raise ValueError(f"{raw!r} is not a PEM CA bundle ({exc.reason or exc})") from None
+    return path
 
 
 def _directory(raw: str) -> Path:
