@@ -244,6 +244,9 @@ async def _chert_client(app: web.Application) -> AsyncIterator[None]:
         auto_decompress=False,
         # Chert's API sets no cookies; a real jar would be consulted on every call.
         cookie_jar=aiohttp.DummyCookieJar(),
+        # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as every HTTP tool reads them: a
+        # CONNECT tunnel for https, credentials from the proxy's URL.
+        trust_env=True,
     ) as session:
         chert = ChertClient(
             session,

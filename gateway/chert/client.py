@@ -416,6 +416,15 @@ class ChertClient:
             raise UpstreamUnavailableError(
                 f"could not reach Chert for {operation}: {type(exc).__name__}"
             ) from exc
+        except aiohttp.ClientHttpProxyError as exc:
+            # The egress proxy answered the CONNECT itself: 407 or 403 is its
+            # configuration; anything else is the proxy failing to reach Chert.
+            refused = exc.status in (403, 407)
+            error_class = UpstreamError if refused else UpstreamUnavailableError
+            raise error_class(
+                f"the egress proxy answered {exc.status} to the tunnel for {operation}; "
+                "check HTTPS_PROXY (and its credentials) and NO_PROXY"
+            ) from exc
         except aiohttp.ClientResponseError as exc:
             raise self._redacted(
                 UpstreamError(f"Chert's {operation} answer was malformed: {exc.message}")
