@@ -129,6 +129,25 @@ async def test_the_main_flows_run_over_verified_tls(
     assert all(put.body_complete for put in simulator.state.requests_to("PUT"))
 
 
+async def test_connections_to_chert_are_reused_one_handshake_each(
+    https_chert: ChertFactory, authority: trustme.CA, ca_file: Path, simulator: ChertSimulator
+) -> None:
+    chert = await https_chert(server_context(authority))
+    gateway = await gateway_for(chert, CHERT_CA_FILE=ca_file)
+    try:
+        for _ in range(20):
+            status, answer, _ = await send(gateway, png_bytes(20_000))
+            assert status == 201, answer
+    finally:
+        await gateway.close()
+    calls = simulator.state.requests
+    assert len(calls) == 60
+    assert all(call.tls for call in calls)
+    # Sixty calls, one after another: the pool keeps reusing a connection,
+    # so there are only a handful of TLS handshakes, not one per call.
+    assert len({call.peer for call in calls}) <= 3
+
+
 REFUSED = {
     "unknown CA": ({}, False),
     "name mismatch": ({"names": ("chert.example",)}, True),

@@ -56,6 +56,8 @@ log = logging.getLogger("chert_gateway")
 access_log = logging.getLogger(logs.ACCESS_LOGGER)
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+CHERT_CONNECTIONS_PER_UPLOAD = 3
+CHERT_KEEPALIVE_SECONDS = 15.0
 # A JSON send body (Chert's message shape) the gateway reads whole: over it, 413.
 MAX_JSON_BODY_BYTES = 1024 * 1024
 # Error codes that mean "the caller sent something we refuse", counted as one
@@ -233,7 +235,15 @@ async def _chert_client(app: web.Application) -> AsyncIterator[None]:
     if settings.signing_secret is None:
         raise RuntimeError("the gateway needs a Chert secret before it starts")
     connector = aiohttp.TCPConnector(
-        limit=0, ttl_dns_cache=60, ssl=tls.client_context(settings.ca_file)
+        # Bounded: every upload in flight makes at most one call at a time,
+        # and a form three (form.UPLOAD_CONCURRENCY); beyond that, calls wait.
+        limit=settings.max_in_flight * CHERT_CONNECTIONS_PER_UPLOAD,
+        # An idle connection is closed well before a typical load balancer's
+        # idle timeout (60 s on most clouds) closes it under us (aiohttp's
+        # default, said out loud).
+        keepalive_timeout=CHERT_KEEPALIVE_SECONDS,
+        ttl_dns_cache=60,
+        ssl=tls.client_context(settings.ca_file),
     )
     async with aiohttp.ClientSession(
         connector=connector,

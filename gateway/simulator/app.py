@@ -143,11 +143,14 @@ class ChertSimulator:
     ) -> web.StreamResponse:
         if request.path.startswith("/_simulator/"):
             return await handler(request)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
         record = RecordedRequest(
             method=request.method,
             path=request.path,
             query=request.query_string,
             headers=list(request.headers.items()),
+            peer=(str(peer[0]), int(peer[1])) if peer else None,
+            tls=request.secure,
         )
         request[RECORD_KEY] = record
         self.state.requests.append(record)

@@ -34,6 +34,9 @@ class RecordedRequest:
     body_complete: bool = False
     status: int | None = None
     json: Any = None  # the parsed body of JSON calls
+    # The caller's (host, port): one per connection, so tests can count them.
+    peer: tuple[str, int] | None = None
+    tls: bool = False
 
     def header(self, name: str) -> str | None:
         wanted = name.lower()
