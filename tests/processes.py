@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -170,3 +171,24 @@ async def curl(*args: str, cwd: Path | None = None) -> tuple[int, str]:
     _, out, _ = await run(require_tool("curl"), "-sS", "-w", "\n%{http_code}", *args, cwd=cwd)
     body, _, code = out.rpartition("\n")
     return int(code), body
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for a server a test starts itself)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def until_listening(port: int, timeout: float = 10) -> None:
+    """Wait for a server a test started to accept connections on `port`."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return

@@ -8,7 +8,6 @@ down is an outage (retried, then 503), one that refuses us is a 502.
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,15 +24,9 @@ from gateway.simulator import ChertSimulator
 from tests.conftest import ServerAsDeployed, gateway_env, require_tool
 from tests.constants import SECRET
 from tests.gateway_calls import png_bytes, send
+from tests.processes import free_port, until_listening
 
 PROXY_USER, PROXY_PASSWORD = "gateway", "proxy-pass-4e1b"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -69,15 +62,7 @@ async def tinyproxy(tmp_path: Path) -> AsyncIterator[Proxy]:
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        async with asyncio.timeout(10):
-            while True:
-                try:
-                    _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-                except OSError:
-                    await asyncio.sleep(0.05)
-                    continue
-                writer.close()
-                break
+        await until_listening(proxy.port)
         yield proxy
     finally:
         process.terminate()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import io
-import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,7 +26,7 @@ from gateway.simulator import ChertSimulator
 from tests.conftest import ServerAsDeployed, gateway_env, require_tool
 from tests.constants import CHAT_ID
 from tests.gateway_calls import png_bytes, send
-from tests.processes import GatewayProcess, curl, gateway_cli
+from tests.processes import GatewayProcess, curl, free_port, gateway_cli, until_listening
 from tests.samples import make_file
 
 Gateway = TestClient[Any, Any]
@@ -35,9 +34,11 @@ Gateway = TestClient[Any, Any]
 
 def retries(gateway: Gateway) -> float:
     """Every retry the gateway made of a call to Chert, whatever its labels."""
-    registry = gateway.server.app[METRICS].registry  # type: ignore[union-attr]
+    app = gateway.app
+    assert app is not None
+    registry = app[METRICS].registry
     return sum(
-        sample.value
+        float(sample.value)
         for metric in registry.collect()
         for sample in metric.samples
         if sample.name == "chert_gateway_upstream_retries_total"
@@ -193,24 +194,14 @@ async def test_a_refused_tls_version_is_502_not_retried(
     cert, key = tmp_path / "leaf.pem", tmp_path / "leaf.key"
     leaf.cert_chain_pems[0].write_to_path(str(cert))
     leaf.private_key_pem.write_to_path(str(key))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = await asyncio.create_subprocess_exec(
         require_tool("openssl"), "s_server", "-accept", f"127.0.0.1:{port}", "-tls1_1",
         "-cipher", "ALL:@SECLEVEL=0", "-cert", str(cert), "-key", str(key), "-www", "-quiet",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        async with asyncio.timeout(10):
-            while True:
-                try:
-                    _, writer = await asyncio.open_connection("127.0.0.1", port)
-                except OSError:
-                    await asyncio.sleep(0.05)
-                    continue
-                writer.close()
-                break
+        await until_listening(port)
         settings = Settings.from_env(
             gateway_env(f"https://127.0.0.1:{port}", CHERT_CA_FILE=ca_file)
         )
