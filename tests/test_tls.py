@@ -284,3 +284,14 @@ async def test_simulate_tls_prints_a_line_that_points_a_gateway_at_it(tmp_path: 
     finally:
         simulate.terminate()
         await simulate.wait()
+
+
+async def test_a_dns_failure_for_chert_s_host_is_an_outage_retried_then_503() -> None:
+    # .invalid never resolves (RFC 6761): the resolver says so at once.
+    settings = Settings.from_env(gateway_env("https://chert-gateway-test.invalid"))
+    async with TestClient(ServerAsDeployed(create_app(settings))) as gateway:
+        status, answer, response = await send(gateway, png_bytes(500))
+        retried = retries(gateway)
+    assert (status, answer["error"]["code"]) == (503, "upstream_unavailable")
+    assert int(response.headers["Retry-After"]) >= 1
+    assert retried >= 1
