@@ -13,10 +13,12 @@ import pytest
 from aiohttp.test_utils import BaseTestServer, TestClient
 
 from gateway.api import form
+from gateway.ops.config import CHERT_MAX_UPLOAD_BYTES
 from gateway.simulator import ChertSimulator
 from tests.conftest import gateway_env
 from tests.constants import CHAT_ID
 from tests.processes import GatewayProcess
+from tests.raw_http import read_json_answer, read_status
 from tests.samples import MIB, sample
 
 PATH = f"/v1/chats/{CHAT_ID}/messages"
@@ -117,3 +119,25 @@ async def test_the_largest_form_allowed_keeps_memory_flat(
     # 20 forms of 256 KiB of fields: about 5 MiB of text, each held a few
     # times over (parts, send body, Chert's echo, the answer).
     assert growth < 48 * MIB
+
+
+async def test_a_form_that_declares_more_than_any_form_can_hold_is_413_before_its_body(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator
+) -> None:
+    declared = form.form_ceiling(CHERT_MAX_UPLOAD_BYTES) + 1
+    assert gateway.server.host is not None
+    assert gateway.server.port is not None
+    reader, writer = await asyncio.open_connection(gateway.server.host, gateway.server.port)
+    try:
+        writer.write(
+            f"POST {PATH} HTTP/1.1\r\nHost: g\r\nContent-Length: {declared}\r\n"
+            "Content-Type: multipart/form-data; boundary=b0\r\n\r\n".encode()
+        )
+        await writer.drain()
+        # Headers only: the answer must come without a byte of the body.
+        assert await read_status(reader) == 413
+        answer = await read_json_answer(reader)
+    finally:
+        writer.close()
+    assert answer["error"]["code"] == "payload_too_large"
+    assert simulator.state.requests == []

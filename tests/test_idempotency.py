@@ -174,3 +174,22 @@ async def test_forms_under_one_key_replay_only_when_fields_and_bytes_are_the_sam
     assert (status, again, replayed) == (201, first, "true")
     assert len(simulator.state.requests_to("PUT")) == 2
     assert len(simulator.state.messages) == 1
+
+
+async def test_reading_a_repeat_counts_against_max_in_flight(
+    make_gateway: GatewayFactory, simulator: ChertSimulator
+) -> None:
+    client = await make_gateway(GATEWAY_MAX_IN_FLIGHT="1")
+    body = png_bytes(5000)
+    status, _, _ = await send(client, body, headers={"Idempotency-Key": "held"})
+    assert status == 201
+    # Another upload holds the only slot...
+    _, other = await RawCaller(client).open(1_000_000)
+    other.write(png_bytes(1000))
+    await other.drain()
+    await until(lambda: len(simulator.state.requests_to("PUT")) == 2)
+    # ...so the repeat, which would read 5 KB of body to compare it, waits its turn.
+    status, answer, response = await send(client, body, headers={"Idempotency-Key": "held"})
+    other.close()
+    assert (status, answer["error"]["code"]) == (503, "overloaded")
+    assert response.headers["Retry-After"]

@@ -49,10 +49,17 @@ MAX_FILES = 10
 MAX_FIELDS = 20  # parts that are not files: text, rich_link, parallel_attachments
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS_TOTAL_BYTES = 256 * 1024
+# Room for a form's own framing (boundaries, part headers) beyond its content.
+FORM_FRAMING_BYTES = 1024 * 1024
 # Files uploaded to Chert at once for one form; more wait their turn.
 UPLOAD_CONCURRENCY = 3
 # A part's own transfer coding: only those that leave the bytes as they are.
 IDENTITY_CODINGS = frozenset({"", "identity", "binary", "8bit", "7bit"})
+
+
+def form_ceiling(max_upload_bytes: int) -> int:
+    """The most a form within every other limit can declare as its length."""
+    return MAX_FILES * max_upload_bytes + MAX_FIELDS_TOTAL_BYTES + FORM_FRAMING_BYTES
 
 
 @dataclass(frozen=True)

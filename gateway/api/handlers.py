@@ -17,8 +17,8 @@ from aiohttp import MultipartReader, hdrs, web
 
 from gateway.api import body, intake
 from gateway.api.body import CHUNK_BYTES, BodyLimits, HashedBody
-from gateway.api.form import digest_form, read_form
-from gateway.api.idempotency import fingerprint
+from gateway.api.form import digest_form, form_ceiling, read_form
+from gateway.api.idempotency import file_print, fingerprint
 from gateway.api.keys import (
     ADMISSION,
     CHERT,
@@ -31,7 +31,7 @@ from gateway.api.keys import (
 )
 from gateway.api.pipeline import Result
 from gateway.chert.message_shape import ShapeError, check_send_body
-from gateway.errors import InvalidRequestError
+from gateway.errors import InvalidRequestError, PayloadTooLargeError
 
 PASSED_DOWNLOAD_HEADERS = (
     hdrs.CONTENT_TYPE,
@@ -79,7 +79,10 @@ async def _exactly_once(
     with request.app[IDEMPOTENCY].claim(key, request_print) as claim:
         if claim.replay is not None:
             if repeat_print is not None:
-                claim.check_body(await repeat_print())
+                # Reading a repeat's body is an upload's worth of reading: it
+                # counts against GATEWAY_MAX_IN_FLIGHT like one.
+                async with request.app[ADMISSION].slot():
+                    claim.check_body(await repeat_print())
             request[OUTCOME_KEY] = "replayed"
             request[LOG_FIELDS_KEY] = claim.replay.log_fields
             response = web.Response(
@@ -122,8 +125,7 @@ def _file_print(request: web.Request, limits: BodyLimits) -> Callable[[], Awaita
 
     async def read() -> str:
         await body.send_continue(request)
-        size, sha256 = await body.digest(request.content.read, limits)
-        return f"{size}:{sha256}"
+        return file_print(*await body.digest(request.content.read, limits))
 
     return read
 
@@ -212,11 +214,19 @@ async def _send_form(
     request: web.Request, asked: intake.MessageRequest, started: float
 ) -> web.Response:
     limits = _limits(request, asked.key)
+    ceiling = form_ceiling(limits.max_bytes)
+    if request.content_length is not None and request.content_length > ceiling:
+        raise PayloadTooLargeError(
+            f"the form is {request.content_length} bytes; a form takes at most {ceiling}"
+        )
+    # Made now, so a form without a usable boundary is refused before its key
+    # is claimed or a slot taken.
+    reader = _multipart(request)
 
     async def run(key: str) -> Result:
         await body.send_continue(request)
         form = await read_form(
-            _multipart(request),
+            reader,
             chat_id=asked.chat_id,
             spool=request.app[SPOOL],
             pipeline=request.app[PIPELINE],
@@ -234,7 +244,7 @@ async def _send_form(
 
     async def repeat_print() -> str:
         await body.send_continue(request)
-        return await digest_form(_multipart(request), chat_id=asked.chat_id, limits=limits)
+        return await digest_form(reader, chat_id=asked.chat_id, limits=limits)
 
     # A form's fields and files are known only as they arrive: the first
     # fingerprint covers route and chat, the body_print the whole form.

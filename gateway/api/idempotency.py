@@ -46,6 +46,12 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(orjson.dumps(parts)).hexdigest()
 
 
+def file_print(size: int, sha256: str) -> str:
+    """The body_print of one file: what the first upload was, and what its
+    repeat's bytes must be to be the same request."""
+    return f"{size}:{sha256}"
+
+
 @dataclass(frozen=True)
 class Completed:
     """A completed request as remembered: its answer, what its body was, and

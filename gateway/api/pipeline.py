@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.api.body import HashedBody
+from gateway.api.idempotency import file_print
 from gateway.chert.client import ChertClient
 from gateway.chert.media import FileMeta
 from gateway.ops.metrics import Metrics
@@ -68,7 +69,7 @@ class UploadedFile:
 
     @property
     def body_print(self) -> str | None:
-        return f"{self.size_bytes}:{self.sha256}" if self.sha256 else None
+        return file_print(self.size_bytes, self.sha256) if self.sha256 else None
 
     def to_json(self) -> dict[str, Any]:
         return {**self.describe(), "expires_at": self.expires_at}
