@@ -5,6 +5,7 @@ checked before the files they would doom are uploaded."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 from typing import Any
 
@@ -15,7 +16,7 @@ from aiohttp.test_utils import BaseTestServer, TestClient
 from gateway.api import form
 from gateway.ops.config import CHERT_MAX_UPLOAD_BYTES
 from gateway.simulator import ChertSimulator
-from tests.conftest import gateway_env
+from tests.conftest import GatewayFactory, gateway_env
 from tests.constants import CHAT_ID
 from tests.processes import GatewayProcess
 from tests.raw_http import read_json_answer, read_status
@@ -135,6 +136,34 @@ async def test_a_form_that_declares_more_than_any_form_can_hold_is_413_before_it
         )
         await writer.drain()
         # Headers only: the answer must come without a byte of the body.
+        status = await read_status(reader)
+        answer = await read_json_answer(reader)
+    finally:
+        writer.close()
+    assert (status, answer["error"]["code"]) == (413, "payload_too_large"), answer
+    assert simulator.state.requests == []
+
+
+async def test_a_chunked_form_is_counted_whole_even_where_its_framing_hides_bytes(
+    make_gateway: GatewayFactory, simulator: ChertSimulator
+) -> None:
+    """An endless preamble before the first boundary has no part to bound it:
+    the whole body is counted as it arrives, against the form's ceiling."""
+    client = await make_gateway(GATEWAY_MAX_UPLOAD_BYTES="10000")
+    ceiling = form.form_ceiling(10_000)
+    assert client.server.host is not None
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(
+            f"POST {PATH} HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n"
+            "Content-Type: multipart/form-data; boundary=b0\r\n\r\n".encode()
+        )
+        junk = b"no boundary here\r\n" * 4000
+        with contextlib.suppress(ConnectionError):
+            for _ in range(ceiling // len(junk) + 2):
+                writer.write(b"%x\r\n%s\r\n" % (len(junk), junk))
+                await writer.drain()
         assert await read_status(reader) == 413
         answer = await read_json_answer(reader)
     finally:

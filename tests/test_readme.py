@@ -107,7 +107,7 @@ def test_the_readme_states_every_limit_with_the_codes_number() -> None:
         "other fields in a form (`text`, `rich_link`, `parallel_attachments`)": form.MAX_FIELDS,
         "one form field": form.MAX_FIELD_BYTES,
         "all of a form's fields": form.MAX_FIELDS_TOTAL_BYTES,
-        "a form's declared length": form.FORM_FRAMING_BYTES,
+        "a whole form, declared or counted (preamble and epilogue too)": form.FORM_FRAMING_BYTES,
         "a JSON message body": MAX_JSON_BODY_BYTES,
         "parts in a JSON message": message_shape.MAX_PARTS,
         "uploads at once": OPTIONS_BY_ENV["GATEWAY_MAX_IN_FLIGHT"].default,

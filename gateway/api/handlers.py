@@ -18,6 +18,7 @@ from aiohttp import MultipartReader, hdrs, web
 from gateway.api import body, intake
 from gateway.api.body import CHUNK_BYTES, BodyLimits, HashedBody
 from gateway.api.form import digest_form, form_ceiling, read_form
+from gateway.api.http_protocol import BODY_CEILING
 from gateway.api.idempotency import file_print, fingerprint
 from gateway.api.keys import (
     ADMISSION,
@@ -219,6 +220,8 @@ async def _send_form(
         raise PayloadTooLargeError(
             f"the form is {request.content_length} bytes; a form takes at most {ceiling}"
         )
+    # A chunked form is counted as it arrives, preamble and epilogue too.
+    request[BODY_CEILING] = ceiling
     # Made now, so a form without a usable boundary is refused before its key
     # is claimed or a slot taken.
     reader = _multipart(request)

@@ -56,6 +56,10 @@ PARSER_LIMITS: dict[str, Any] = {
     "auto_decompress": False,
 }
 
+# The most body a request may send, whatever its framing hides (a form's
+# preamble, say): set by its handler, enforced here on every byte received.
+BODY_CEILING = web.RequestKey("gateway_body_ceiling", int)
+
 # Told of every refusal made here: the error, its request id, and the
 # exception behind it when it was the gateway's own fault (a 5xx).
 OnRefusal = Callable[[GatewayError, str, BaseException | None], None]
@@ -207,12 +211,24 @@ class GatewayRequestHandler(RequestHandler):
         if len(self._messages) > queued and isinstance(self._messages[-1][0], _ErrInfo):
             info = self._messages.pop()[0]
             assert isinstance(info, _ErrInfo)
-            request.content.set_exception(
-                InvalidRequestError(f"the request body is malformed: {parser_reason(info.exc)}")
+            self._fail_body(
+                request,
+                InvalidRequestError(f"the request body is malformed: {parser_reason(info.exc)}"),
             )
-            # At its end, too, so aiohttp does not linger reading what cannot be read.
-            request.content.feed_eof()
-            self.close()
+            return
+        ceiling = request.get(BODY_CEILING)
+        if ceiling is not None and request.content.total_bytes > ceiling:
+            self._fail_body(
+                request, PayloadTooLargeError(f"the body passed its {ceiling}-byte limit")
+            )
+
+    def _fail_body(self, request: web.BaseRequest, error: GatewayError) -> None:
+        """The body's reads fail with `error` now; the connection closes after
+        the handler's answer."""
+        request.content.set_exception(error)
+        # At its end, too, so aiohttp does not linger reading what cannot be read.
+        request.content.feed_eof()
+        self.close()
 
 
 class GatewayServer(web.Server):
