@@ -28,6 +28,7 @@ from gateway.server import RUNNER_OPTIONS, Running, serve, start_site
 from gateway.simulator import ChertSimulator
 from gateway.simulator import tls as simulator_tls
 from gateway.simulator.app import DOCS_CHAT_ID
+from gateway.simulator.idle import DROP_WAYS
 
 EXAMPLE_FILE = Path(__file__).parent / "examples" / "hello.png"
 
@@ -82,6 +83,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim_cmd.add_argument("--tls-cert", type=Path, metavar="PEM", help="your own certificate chain")
     sim_cmd.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
+    sim_cmd.add_argument(
+        "--drop-idle-after",
+        type=float,
+        metavar="SECONDS",
+        help="drop keep-alive connections idle this long, as a load balancer does",
+    )
+    sim_cmd.add_argument(
+        "--drop-idle-how",
+        choices=DROP_WAYS,
+        default="close",
+        help="close them (a FIN), or forget them (the next request on one is reset)",
+    )
     sim_cmd.add_argument(
         "--discard",
         action="store_true",
@@ -167,6 +180,9 @@ def _simulate(args: argparse.Namespace) -> int:
         elif args.tls:
             context, ca_path = simulator_tls.throwaway(workdir)
         simulator = ChertSimulator(secret, store_bodies=not args.discard)
+        simulator.faults.update(
+            {"drop_idle_after_seconds": args.drop_idle_after, "drop_idle_how": args.drop_idle_how}
+        )
         runner = web.AppRunner(simulator.app(), **RUNNER_OPTIONS)
         await runner.setup()
         url = await start_site(runner, parse_listen(f"{args.host}:{args.port}"), context)

@@ -31,6 +31,7 @@ from yarl import URL
 
 from gateway.chert import media
 from gateway.chert.message_shape import SendBody, ShapeError, check_send_body
+from gateway.simulator.idle import IdleDropper
 from gateway.simulator.state import Attachment, Faults, RecordedRequest, SimulatorState
 
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
@@ -108,13 +109,14 @@ class ChertSimulator:
         self.state = SimulatorState()
         self._storage_dir = storage_dir
         self._owns_storage = storage_dir is None
+        self.idle = IdleDropper()
 
     @property
     def faults(self) -> Faults:
         return self.state.faults
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._record_and_map_errors])
+        app = web.Application(middlewares=[self._drop_idle, self._record_and_map_errors])
         app[STATE_KEY] = self.state
         app.cleanup_ctx.append(self._storage)
         app.router.add_post("/api/v1/attachments", self.create_attachment)
@@ -136,6 +138,15 @@ class ChertSimulator:
             shutil.rmtree(self._storage_dir, ignore_errors=True)
 
     # -- plumbing -----------------------------------------------------------
+
+    @web.middleware
+    async def _drop_idle(self, request: web.Request, handler: ChertHandler) -> web.StreamResponse:
+        self.idle.request_started(request)
+        try:
+            return await handler(request)
+        finally:
+            faults = self.faults
+            self.idle.request_ended(request, faults.drop_idle_after_seconds, faults.drop_idle_how)
 
     @web.middleware
     async def _record_and_map_errors(

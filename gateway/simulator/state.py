@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.simulator.idle import DROP_WAYS, DropHow
+
 
 @dataclass
 class Attachment:
@@ -85,12 +87,18 @@ class Faults:
     canned: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # Merged into the slot answer's required_headers.
     extra_required_headers: dict[str, str] = field(default_factory=dict)
+    # Keep-alive connections idle this long are dropped, "close" (a FIN) or
+    # "forget" (nothing sent; the next request on one is reset): idle.py.
+    drop_idle_after_seconds: float | None = None
+    drop_idle_how: DropHow = "close"
 
     def update(self, changes: dict[str, Any]) -> None:
         known = {f.name: f for f in dataclasses.fields(self)}
         for name, value in changes.items():
             if name not in known:
                 raise ValueError(f"unknown fault {name!r}; known: {sorted(known)}")
+            if name == "drop_idle_how" and value not in DROP_WAYS:
+                raise ValueError(f"drop_idle_how is one of {DROP_WAYS}, not {value!r}")
             setattr(self, name, value)
 
     def to_json(self) -> dict[str, Any]:
