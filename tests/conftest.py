@@ -96,6 +96,15 @@ def require_tool(name: str) -> str:
     return path
 
 
+def require_root(why: str) -> None:
+    """Fail in CI, skip elsewhere, unless the tests run as root (network
+    namespaces, TCP repair mode)."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run as root: {why}")
+        pytest.skip(f"needs root: {why}")
+
+
 @pytest.fixture(autouse=True)
 def secret_never_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     """Every test doubles as a check that the Chert secret reaches no log line."""

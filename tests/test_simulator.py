@@ -11,6 +11,7 @@ import pytest
 from aiohttp.test_utils import BaseTestServer
 
 from gateway.simulator import ChertSimulator
+from tests.conftest import require_root
 from tests.constants import SECRET
 
 AUTH = {"Authorization": f"Bearer {SECRET}"}
@@ -142,4 +143,50 @@ async def test_control_surface_sets_faults_and_lists_requests(
     async with http.post(chert_server.make_url("/_simulator/reset")) as r:
         assert r.status == 200
     assert simulator.faults.fail_sends == 0
+    assert simulator.state.requests == []
+
+
+async def idle_connection(server: BaseTestServer) -> tuple[asyncio.StreamReader, Any]:
+    """A raw keep-alive connection that has made one request and read its answer."""
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"GET /_simulator/faults HTTP/1.1\r\nHost: chert\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    await reader.readexactly(length)
+    return reader, writer
+
+
+async def test_an_idle_connection_is_closed_with_a_fin(
+    chert_server: BaseTestServer, simulator: ChertSimulator
+) -> None:
+    simulator.faults.update({"drop_idle_after_seconds": 0.2, "drop_idle_how": "close"})
+    reader, writer = await idle_connection(chert_server)
+    try:
+        assert await asyncio.wait_for(reader.read(1), 2) == b""  # the FIN
+    finally:
+        writer.close()
+    assert simulator.idle.dropped == 1
+
+
+async def test_an_idle_connection_is_forgotten_silently_then_reset(
+    chert_server: BaseTestServer, simulator: ChertSimulator
+) -> None:
+    require_root("forgetting a connection uses TCP repair mode (CAP_NET_ADMIN)")
+    simulator.faults.update({"drop_idle_after_seconds": 0.2, "drop_idle_how": "forget"})
+    reader, writer = await idle_connection(chert_server)
+    try:
+        # Past the limit, nothing arrives: no FIN, no reset.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.read(1), 0.6)
+        assert simulator.idle.dropped == 1
+        writer.write(b"GET /api/v1/attachments/a HTTP/1.1\r\nHost: chert\r\n\r\n")
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(reader.read(1), 2)
+    finally:
+        writer.close()
+    # The request on the forgotten connection never reached the simulator.
     assert simulator.state.requests == []

@@ -37,7 +37,7 @@ from gateway.api.keys import (
 )
 from gateway.api.pipeline import UploadPipeline
 from gateway.api.spool import Spool
-from gateway.chert import retry, tls
+from gateway.chert import pool, retry, tls
 from gateway.chert.client import ChertClient
 from gateway.chert.redact import Redactor
 from gateway.errors import (
@@ -234,7 +234,7 @@ async def _chert_client(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     if settings.signing_secret is None:
         raise RuntimeError("the gateway needs a Chert secret before it starts")
-    connector = aiohttp.TCPConnector(
+    connector = pool.ChertConnector(
         # Bounded: every upload in flight makes at most one call at a time,
         # and a form three (form.UPLOAD_CONCURRENCY); beyond that, calls wait.
         limit=settings.max_in_flight * CHERT_CONNECTIONS_PER_UPLOAD,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -280,7 +280,8 @@ class CallerBody:
             client_timeout=client_timeout,
         )
         self._hasher = BodyDigest(sha256)
-        self._pending = b""  # read ahead by head(), not yet handed on
+        self._held = b""  # read ahead by head(): sent again if the PUT starts over
+        self._restartable = True
         self.first_byte_sent_at: float | None = None
 
     @property
@@ -299,20 +300,32 @@ class CallerBody:
     def sha256(self) -> str | None:
         return self._hasher.hexdigest()
 
+    @property
+    def restartable(self) -> bool:
+        """True until `chunks` takes more from the caller than head() holds."""
+        return self._restartable
+
     async def head(self, n: int) -> bytes:
         """The body's first `n` bytes, read ahead; `chunks` hands them on first."""
         wanted = min(n, self.size)
-        while len(self._pending) < wanted:
-            self._pending += await self._read()
-        return self._pending[:n]
+        while len(self._held) < wanted:
+            self._held += await self._read()
+        return self._held[:n]
 
-    async def chunks(self, progress: ProgressDeadline) -> AsyncIterator[bytes]:
-        self.first_byte_sent_at = time.perf_counter()
-        if self._pending:
-            chunk, self._pending = self._pending, b""
-            self._hasher.update(chunk)
+    async def chunks(self, progress: ProgressDeadline) -> AsyncGenerator[bytes, None]:
+        """The body's chunks. While `restartable`, a new call starts over with
+        the bytes held; once it goes on past them it cannot be called again."""
+        if not self._restartable:
+            raise RuntimeError("the body has been handed on past what it holds")
+        if self.first_byte_sent_at is None:
+            self.first_byte_sent_at = time.perf_counter()
+        if self._held:
             progress.progressed()
-            yield chunk
+            yield self._held
+        # Asked for more: what was held is sent for good.
+        self._restartable = False
+        self._hasher.update(self._held)
+        self._held = b""
         while self.received < self.size:
             # While we wait on the caller only the client timeout applies.
             progress.waiting_on_source()
@@ -336,6 +349,7 @@ class SpooledBody:
     """A complete body on disk (`spooled`). Implements `UploadBody`, replayably."""
 
     replayable = True
+    restartable = True
     failure: GatewayError | None = None
 
     def __init__(
@@ -355,7 +369,7 @@ class SpooledBody:
         self.first_byte_received_at = first_byte_received_at
         self.first_byte_sent_at: float | None = None
 
-    async def chunks(self, progress: ProgressDeadline) -> AsyncIterator[bytes]:
+    async def chunks(self, progress: ProgressDeadline) -> AsyncGenerator[bytes, None]:
         await self._source.seek(0)  # every attempt starts from the first byte
         if self.first_byte_sent_at is None:
             self.first_byte_sent_at = time.perf_counter()

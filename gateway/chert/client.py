@@ -18,16 +18,21 @@ Chert or proxy that quotes the request's secret cannot pass it on.
 
 Slot creation and the send call are retried with full-jitter exponential
 backoff that honours Retry-After, within an overall deadline, always with the
-same idempotency key. The streamed PUT is never retried: its body is gone.
+same idempotency key. A call that meets a pooled connection Chert's side had
+dropped is made again at once on another (pool.py). A streamed PUT starts
+over only when Chert never acknowledged a byte of it and none of the
+caller's bytes beyond those it holds were taken (liveness.py); once its body
+flows, a failure is final.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -35,6 +40,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from gateway.chert import liveness, pool
 from gateway.chert.progress import ProgressDeadline
 from gateway.chert.redact import Redactor
 from gateway.chert.retry import RetryPolicy, parse_retry_after, with_retries
@@ -49,6 +55,8 @@ from gateway.errors import (
 from gateway.ops.credentials import Credential
 
 T = TypeVar("T")
+
+log = logging.getLogger("chert_gateway.chert")
 
 NO_SENDER_LINE = 3002
 DELIVERY_FAILED = 4001
@@ -66,6 +74,12 @@ MAX_ERROR_BODY_BYTES = 64 * 1024
 # 4-digit numbers, anything else is not a code of Chert's.
 MAX_QUOTED_CHARS = 300
 MAX_CHERT_CODE = 100_000
+# A streamed PUT on a pooled connection idle this long first waits for
+# Chert's side to acknowledge what it holds (liveness.py): a load balancer
+# may have dropped it, and the caller's bytes cannot be asked for twice.
+# Below any load balancer's idle timeout; a PUT that follows its slot
+# creation reuses that call's connection and waits for nothing.
+PROBE_AFTER_IDLE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -91,11 +105,16 @@ class UploadBody(Protocol):
         """True when the body can be sent again from the start (spooled to disk)."""
 
     @property
+    def restartable(self) -> bool:
+        """True while every byte taken from the body's source is still held,
+        so `chunks` can start over (always, for a replayable body)."""
+
+    @property
     def failure(self) -> GatewayError | None:
         """Set when the body's own source failed (the caller left, stalled, lied
         about its length): that, not the broken PUT, is what the caller hears."""
 
-    def chunks(self, progress: ProgressDeadline) -> AsyncIterator[bytes]: ...
+    def chunks(self, progress: ProgressDeadline) -> AsyncGenerator[bytes, None]: ...
 
 
 class ChertObserver(Protocol):
@@ -115,6 +134,59 @@ class _NoObserver:
 
     def chert_error(self, operation: str, code: int) -> None:
         pass
+
+
+class DroppedConnectionError(UpstreamUnavailableError):
+    """A pooled connection turned out dropped by Chert's side before it
+    carried the call: the call is made again at once on another."""
+
+
+class _PutBody(aiohttp.payload.Payload):
+    """An UploadBody as aiohttp writes it.
+
+    On a pooled connection idle for PROBE_AFTER_IDLE_SECONDS or more, it
+    waits for Chert's side to acknowledge some of the bytes the body holds
+    before it asks the body for more. While `unacknowledged`, Chert has not
+    taken a byte and the caller's bytes are all still held: if the connection
+    fails then, the PUT can start over on another, nothing lost or doubled.
+    """
+
+    def __init__(
+        self, body: UploadBody, progress: ProgressDeadline, connection: pool.Attempt
+    ) -> None:
+        super().__init__(body, content_type=None)
+        self._size = body.size
+        self._body = body
+        self._progress = progress
+        self._connection = connection
+        self.unacknowledged = False
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("an upload body is not text")
+
+    async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        # aiohttp retries an idempotent request on its own when its payload
+        # is not consumed; starting over is decided in ChertClient.upload.
+        self._consumed = True
+        idle = self._connection.idle_seconds
+        self.unacknowledged = (
+            idle is not None and idle >= PROBE_AFTER_IDLE_SECONDS and self._body.restartable
+        )
+        transport = getattr(writer, "transport", None)
+        probe = liveness.Probe(transport) if self.unacknowledged and transport else None
+        async with aclosing(self._body.chunks(self._progress)) as chunks:
+            async for chunk in chunks:
+                await writer.write(chunk)
+                if probe is not None:
+                    if not await probe.answered():
+                        raise ConnectionResetError("Chert's side had dropped the connection")
+                    probe = None
+                    self.unacknowledged = False
 
 
 @dataclass
@@ -185,7 +257,7 @@ class ChertClient:
             await self._with_retries("upload", lambda: self._put(slot, body, headers))
             return
         try:
-            await self._put(slot, body, headers)
+            await self._on_a_live_connection("upload", lambda: self._put(slot, body, headers))
         except UpstreamUnavailableError as exc:
             raise UpstreamError(
                 f"the upload to Chert broke off: {exc.message}", retryable=True
@@ -196,15 +268,17 @@ class ChertClient:
         # takes. What is bounded is progress: Chert must take each chunk, and
         # answer after the last, within the timeout.
         no_total = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout)
+        payload: _PutBody | None = None
         try:
-            with self._timed("upload") as call:
+            with self._timed("upload") as call, pool.attempt() as connection:
                 async with asyncio.timeout(None) as scope:
                     progress = ProgressDeadline(scope, self._timeout)
+                    payload = _PutBody(body, progress, connection)
                     try:
                         with self._map_transport_errors("upload"):
                             async with self._session.put(
                                 slot.upload_url,
-                                data=body.chunks(progress),
+                                data=payload,
                                 headers=headers,
                                 allow_redirects=False,
                                 timeout=no_total,
@@ -214,6 +288,8 @@ class ChertClient:
                     finally:
                         progress.stop()
         except (GatewayError, TimeoutError) as exc:
+            if payload is not None and payload.unacknowledged and body.restartable:
+                raise self._dropped("upload", connection) from exc
             if body.failure is not None:
                 raise body.failure from exc
             if isinstance(exc, TimeoutError):
@@ -316,7 +392,39 @@ class ChertClient:
         self, operation: str, method: str, path: str, body: dict[str, Any] | None
     ) -> dict[str, Any]:
         return await self._with_retries(
-            operation, lambda: self._call(operation, method, path, body)
+            operation,
+            lambda: self._on_a_live_connection(
+                operation, lambda: self._call(operation, method, path, body)
+            ),
+        )
+
+    async def _on_a_live_connection(
+        self, operation: str, attempt_once: Callable[[], Awaitable[T]]
+    ) -> T:
+        """`attempt_once`, made again at once each time it meets a pooled
+        connection that Chert's side had dropped (a fresh one is no longer
+        than the pool deep: each dropped one evicts its elders)."""
+        for _ in range(self._retry.attempts - 1):
+            try:
+                return await attempt_once()
+            except DroppedConnectionError:
+                self._observer.upstream_retry(operation, "dropped_connection")
+        return await attempt_once()
+
+    def _dropped(self, operation: str, connection: pool.Attempt) -> DroppedConnectionError:
+        """The error for a call whose pooled connection was found dead, once
+        the connections idle as long are closed too."""
+        idle = connection.idle_seconds or 0.0
+        connector = self._session.connector
+        closed = connector.evict_idle(idle) if isinstance(connector, pool.ChertConnector) else 0
+        log.info(
+            "a pooled connection to Chert had been dropped by Chert's side; %s goes again "
+            "on another",
+            operation,
+            extra={"fields": {"idle_seconds": round(idle, 3), "closed_as_old": closed}},
+        )
+        return DroppedConnectionError(
+            f"Chert's side had dropped a connection idle for {idle:.1f} s ({operation})"
         )
 
     async def _with_retries(self, operation: str, attempt_once: Callable[[], Awaitable[T]]) -> T:
@@ -337,7 +445,11 @@ class ChertClient:
             headers["Content-Type"] = "application/json"
             data = orjson.dumps(body)
         timeout = aiohttp.ClientTimeout(total=self._timeout)
-        with self._timed(operation) as call, self._map_transport_errors(operation):
+        with (
+            self._timed(operation) as call,
+            pool.attempt() as connection,
+            self._map_transport_errors(operation, connection),
+        ):
             async with self._session.request(
                 method,
                 self._url(path),
@@ -392,8 +504,14 @@ class ChertClient:
         }
 
     @contextmanager
-    def _map_transport_errors(self, operation: str) -> Iterator[None]:
-        """aiohttp's connection failures → gateway errors, in one place."""
+    def _map_transport_errors(
+        self, operation: str, connection: pool.Attempt | None = None
+    ) -> Iterator[None]:
+        """aiohttp's connection failures → gateway errors, in one place.
+
+        A call whose reused `connection` is reset or closed before its answer
+        met a connection Chert's side had dropped: it is made again at once.
+        """
         try:
             yield
         except GatewayError:
@@ -413,6 +531,12 @@ class ChertClient:
                 "check CHERT_API_URL, CHERT_CA_FILE and any egress proxy"
             ) from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+            if (
+                connection is not None
+                and connection.reused
+                and isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError))
+            ):
+                raise self._dropped(operation, connection) from exc
             raise UpstreamUnavailableError(
                 f"could not reach Chert for {operation}: {type(exc).__name__}"
             ) from exc
