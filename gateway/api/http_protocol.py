@@ -17,8 +17,8 @@ for bytes that will never come. `GatewayRequestHandler` changes these:
   stops with 400 instead of a 408 a client timeout later.
 
 It reaches into aiohttp's RequestHandler (its message queue and current
-request), which is why aiohttp is pinned to a minor version; tests/test_http_edges.py
-exercises every path here over raw sockets.
+request), which is why aiohttp is pinned to a minor version;
+tests/test_http_edges.py exercises every path here over raw sockets.
 """
 
 from __future__ import annotations
