@@ -149,6 +149,26 @@ async def test_connections_to_chert_are_reused_one_handshake_each(
     assert len({call.peer for call in calls}) <= 3
 
 
+async def test_a_new_connection_resumes_the_tls_session_of_an_earlier_one(
+    https_chert: ChertFactory, authority: trustme.CA, ca_file: Path, simulator: ChertSimulator
+) -> None:
+    """A load balancer closes the idle connection; the next one's handshake
+    resumes the session instead of a full one."""
+    simulator.faults.update({"drop_idle_after_seconds": 0.2, "drop_idle_how": "close"})
+    chert = await https_chert(server_context(authority))
+    gateway = await gateway_for(chert, CHERT_CA_FILE=ca_file)
+    try:
+        for _ in range(3):
+            status, answer, _ = await send(gateway, png_bytes(20_000))
+            assert status == 201, answer
+            await asyncio.sleep(0.5)
+    finally:
+        await gateway.close()
+    assert simulator.idle.dropped == 3
+    by_connection = {call.peer: call.tls_resumed for call in simulator.state.requests}
+    assert list(by_connection.values()) == [False, True, True]
+
+
 REFUSED = {
     "unknown CA": ({}, False),
     "name mismatch": ({"names": ("chert.example",)}, True),

@@ -154,7 +154,9 @@ class ChertSimulator:
     ) -> web.StreamResponse:
         if request.path.startswith("/_simulator/"):
             return await handler(request)
-        peer = request.transport.get_extra_info("peername") if request.transport else None
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport else None
+        tls = transport.get_extra_info("ssl_object") if transport else None
         record = RecordedRequest(
             method=request.method,
             path=request.path,
@@ -162,6 +164,7 @@ class ChertSimulator:
             headers=list(request.headers.items()),
             peer=(str(peer[0]), int(peer[1])) if peer else None,
             tls=request.secure,
+            tls_resumed=bool(tls is not None and tls.session_reused),
         )
         request[RECORD_KEY] = record
         self.state.requests.append(record)

@@ -39,6 +39,8 @@ class RecordedRequest:
     # The caller's (host, port): one per connection, so tests can count them.
     peer: tuple[str, int] | None = None
     tls: bool = False
+    # True when the connection's TLS handshake resumed an earlier session.
+    tls_resumed: bool = False
 
     def header(self, name: str) -> str | None:
         wanted = name.lower()
