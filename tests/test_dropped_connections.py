@@ -14,23 +14,18 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.base_protocol import BaseProtocol
 from aiohttp.test_utils import BaseTestServer, TestClient
-from yarl import URL
 
-from gateway.api.body import CallerBody
 from gateway.api.keys import METRICS
 from gateway.chert import client as chert_client
 from gateway.chert.client import ChertClient, UploadSlot
-from gateway.chert.pool import ChertConnector
 from gateway.errors import UpstreamError
-from gateway.ops.credentials import Credential
 from gateway.simulator import ChertSimulator
+from tests.chert_direct import Caller, Observer, direct_client
 from tests.conftest import GatewayFactory, require_root
-from tests.constants import CHAT_ID, SECRET
+from tests.constants import CHAT_ID
 from tests.gateway_calls import png_bytes, send
 
 Gateway = TestClient[web.Request, web.Application]
@@ -123,55 +118,10 @@ async def test_the_put_follows_its_slot_creation_on_the_same_connection(
 # -- a streamed PUT on a dead connection, made directly ------------------------
 
 
-class Observer:
-    def __init__(self) -> None:
-        self.retries: list[tuple[str, str]] = []
-
-    def upstream_call(self, operation: str, status: str, seconds: float) -> None:
-        pass
-
-    def upstream_retry(self, operation: str, reason: str) -> None:
-        self.retries.append((operation, reason))
-
-    def chert_error(self, operation: str, code: int) -> None:
-        pass
-
-
 @pytest.fixture
 async def chert(chert_server: BaseTestServer) -> AsyncIterator[tuple[ChertClient, Observer]]:
-    """The gateway's Chert client and pool, as the app builds them."""
-    observer = Observer()
-    connector = ChertConnector(limit=30, keepalive_timeout=15)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        yield (
-            ChertClient(
-                session,
-                URL(str(chert_server.make_url(""))),
-                Credential(inline=SECRET),
-                timeout=10,
-                observer=observer,
-            ),
-            observer,
-        )
-
-
-class Caller:
-    """A caller's body as aiohttp's server hands it over: a StreamReader fed
-    in pieces, counting what the gateway takes from it."""
-
-    def __init__(self, body: bytes, piece: int = 256 * 1024) -> None:
-        self.body = body
-        loop = asyncio.get_running_loop()
-        # Its limit past the whole body: fed up front, it never pauses reading.
-        self.content = aiohttp.StreamReader(BaseProtocol(loop), len(body), loop=loop)
-        for start in range(0, len(body), piece):
-            self.content.feed_data(body[start : start + piece])
-        self.content.feed_eof()
-
-    async def upload_body(self) -> CallerBody:
-        body = CallerBody(self.content, len(self.body), client_timeout=5)
-        await body.head(64)
-        return body
+    async with direct_client(str(chert_server.make_url(""))) as made:
+        yield made
 
 
 async def dead_slot(chert: ChertClient, simulator: ChertSimulator, size: int) -> UploadSlot:
