@@ -26,6 +26,12 @@ medians measured in this same run.
 
     python benchmarks/bench.py            # 5 rounds, the full workloads (minutes)
     python benchmarks/bench.py --quick    # 2 rounds, small workloads (under a minute)
+    python benchmarks/bench.py --tls      # the production leg: Chert over verified TLS
+
+With --tls the simulator serves HTTPS (a throwaway CA, trustme), every path
+verifies it (the gateway through CHERT_CA_FILE; nginx with
+`proxy_pass https://`, `proxy_ssl_verify on`, session reuse and keep-alive),
+and the report names the TLS version and cipher each party negotiated.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import platform
 import secrets
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -147,6 +154,15 @@ async def wait_listening(port: int, within: float = 20) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+NGINX_TLS = """
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate {ca};
+            proxy_ssl_name localhost;
+            proxy_ssl_server_name on;
+            proxy_ssl_session_reuse on;
+            # So the simulator can tell nginx's calls from the others.
+            proxy_set_header X-Via nginx;"""
+
 NGINX_CONF = """
 worker_processes 1;
 pid {tmp}/nginx.pid;
@@ -165,10 +181,10 @@ http {{
         proxy_request_buffering off;
         proxy_buffering off;
         location / {{
-            proxy_pass http://chert;
+            proxy_pass {scheme}://chert;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
+            proxy_set_header Host $http_host;{tls}
         }}
     }}
 }}
@@ -178,8 +194,13 @@ http {{
 class Fleet:
     """The simulator, two gateways, nginx and the minimal relay, each its own process."""
 
-    def __init__(self, tmp: Path, gateway_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, tmp: Path, gateway_env: dict[str, str] | None = None, *, tls: bool = False
+    ) -> None:
         self.tmp = tmp
+        self.tls = tls
+        self.scheme = "https" if tls else "http"
+        self.ca_file = tmp / "ca.pem"
         # What both gateways run with: GATEWAY_SETTINGS, then the lever measured.
         self.gateway_env = {**GATEWAY_SETTINGS, **(gateway_env or {})}
         self.secret = secrets.token_urlsafe(16)
@@ -192,11 +213,14 @@ class Fleet:
     async def __aenter__(self) -> Fleet:
         gateway = str(Path(sys.executable).parent / "chert-gateway")
         p = self.ports
-        self.procs["chert"] = start(
-            [gateway, "simulate", "--port", str(p["chert"]), "--secret", self.secret, "--discard"]
-        )
+        simulate = [gateway, "simulate", "--port", str(p["chert"]), "--secret", self.secret,
+                    "--discard", *self._certificates()]  # fmt: skip
+        self.procs["chert"] = start(simulate)
+        chert_url = f"{self.scheme}://127.0.0.1:{p['chert']}"
+        trust = {"CHERT_CA_FILE": str(self.ca_file)} if self.tls else {}
         common = {
-            "CHERT_API_URL": f"http://127.0.0.1:{p['chert']}",
+            "CHERT_API_URL": chert_url,
+            **trust,
             "CHERT_SIGNING_SECRET": self.secret,
             "GATEWAY_SPOOL_DIR": str(self.tmp),
             **self.gateway_env,
@@ -215,7 +239,12 @@ class Fleet:
         nginx_dir.mkdir(mode=0o777)
         nginx_dir.chmod(0o777)
         conf = nginx_dir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(tmp=nginx_dir, upstream=p["chert"], port=p["nginx"]))
+        tls = NGINX_TLS.format(ca=self.ca_file) if self.tls else ""
+        conf.write_text(
+            NGINX_CONF.format(
+                tmp=nginx_dir, upstream=p["chert"], port=p["nginx"], scheme=self.scheme, tls=tls
+            )
+        )
         self.procs["nginx"] = start(
             [nginx_binary(), "-c", str(conf), "-p", str(nginx_dir), "-g", "daemon off;"]
         )
@@ -223,14 +252,35 @@ class Fleet:
             [
                 sys.executable,
                 str(ROOT / "benchmarks" / "minimal_relay.py"),
-                f"http://127.0.0.1:{p['chert']}",
+                chert_url,
                 self.secret,
                 str(p["relay"]),
-            ]
+            ],
+            # Python's default context trusts what SSL_CERT_FILE names.
+            {"SSL_CERT_FILE": str(self.ca_file)} if self.tls else None,
         )
         for name in ("chert", "gw", "nosha", "nginx", "relay"):
             await wait_listening(p[name])
         return self
+
+    def _certificates(self) -> list[str]:
+        """The simulator's TLS arguments: a throwaway CA's certificate for
+        127.0.0.1 and localhost, written beside the CA the paths trust."""
+        if not self.tls:
+            return []
+        import trustme
+
+        authority = trustme.CA()
+        authority.cert_pem.write_to_path(str(self.ca_file))
+        issued = authority.issue_cert("127.0.0.1", "localhost")
+        cert, key = self.tmp / "chert.pem", self.tmp / "chert-key.pem"
+        issued.private_key_pem.write_to_path(str(key))
+        cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+        return ["--tls-cert", str(cert), "--tls-key", str(key)]
+
+    def client_ssl(self) -> ssl.SSLContext | bool:
+        """What the load generator verifies Chert with."""
+        return ssl.create_default_context(cafile=str(self.ca_file)) if self.tls else True
 
     async def __aexit__(self, *exc: object) -> None:
         for proc in self.procs.values():
@@ -310,7 +360,7 @@ class LoadGenerator:
     def __init__(self, http: aiohttp.ClientSession, fleet: Fleet) -> None:
         self.http, self.fleet = http, fleet
         p = fleet.ports
-        self.chert = f"http://127.0.0.1:{p['chert']}"
+        self.chert = f"{fleet.scheme}://127.0.0.1:{p['chert']}"
         self.auth = {"Authorization": f"Bearer {fleet.secret}"}
         self.gateways = {
             "gateway": f"http://127.0.0.1:{p['gw']}",
@@ -358,6 +408,34 @@ class LoadGenerator:
             if response.status != 200:
                 raise RuntimeError(f"send answered {response.status}: {await response.text()}")
             await response.read()
+
+    async def negotiated(self) -> dict[str, list[str]]:
+        """The TLS versions and ciphers the simulator saw, by who called, and
+        how many connections (handshakes) carried how many calls."""
+        async with self.http.get(f"{self.chert}/_simulator/requests") as response:
+            calls = await response.json()
+        seen: dict[str, set[str]] = {}
+        connections: dict[str, dict[tuple[str, int], bool]] = {}
+        counts: dict[str, int] = {}
+        for call in calls:
+            headers = {name.lower(): value for name, value in call["headers"]}
+            if headers.get("x-via") == "nginx":
+                party = "nginx"
+            elif headers.get("user-agent", "").startswith("chert-gateway/"):
+                party = "gateway"
+            else:
+                party = "others (direct, minimal relay)"
+            seen.setdefault(party, set()).add(str(call["tls_cipher"]))
+            connections.setdefault(party, {})[tuple(call["peer"])] = call["tls_resumed"]
+            counts[party] = counts.get(party, 0) + 1
+        return {
+            party: [
+                *sorted(ciphers),
+                f"{counts[party]} calls on {len(connections[party])} connections, "
+                f"{sum(connections[party].values())} of them resumed",
+            ]
+            for party, ciphers in sorted(seen.items())
+        }
 
     async def run(self, path: str, workload: Workload, data: memoryview) -> Run:
         pids = self.fleet.relay_pids(path)
@@ -435,8 +513,8 @@ def table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
     lines += [
         "",
         "| workload | measure | gateway / direct | gateway / nginx | no-SHA gateway / nginx "
-        "| gateway / minimal relay |",
-        "|---|---|---:|---:|---:|---:|",
+        "| gateway / minimal relay | CPU/GB gateway / nginx |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for workload, by_path in summary.items():
         small = "64 KB" in workload
@@ -444,13 +522,16 @@ def table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
         g, n, d = by_path["gateway"][key], by_path["nginx"][key], by_path["direct"][key]
         ns, r = by_path["gateway-nosha"][key], by_path["minimal-relay"][key]
         measure = "uploads/s" if small else "MB/s"
+        cpu_g, cpu_n = by_path["gateway"]["cpu_s_per_gb"], by_path["nginx"]["cpu_s_per_gb"]
+        cpu = f"{cpu_g / cpu_n:.2f}" if cpu_g and cpu_n else "–"
         lines.append(
-            f"| {workload} | {measure} | {g / d:.2f} | {g / n:.2f} | {ns / n:.2f} | {g / r:.2f} |"
+            f"| {workload} | {measure} | {g / d:.2f} | {g / n:.2f} | {ns / n:.2f} | {g / r:.2f} "
+            f"| {cpu} |"
         )
     return "\n".join(lines)
 
 
-def plot(summary: dict[str, dict[str, dict[str, Any]]], target: Path) -> None:
+def plot(summary: dict[str, dict[str, dict[str, Any]]], target: Path, leg: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -467,7 +548,7 @@ def plot(summary: dict[str, dict[str, dict[str, Any]]], target: Path) -> None:
         ax.set_title(workload)
         ax.set_ylabel(unit)
         ax.tick_params(axis="x", rotation=30)
-    fig.suptitle("chert-gateway vs direct upload vs nginx (medians, same run, loopback)")
+    fig.suptitle(f"chert-gateway vs direct upload vs nginx (medians, same run, loopback{leg})")
     fig.tight_layout()
     fig.savefig(target, dpi=110)
 
@@ -490,6 +571,10 @@ async def main(argv: list[str]) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="2 rounds of small workloads")
     parser.add_argument("--rounds", type=int, help="default 5 (2 with --quick)")
+    parser.add_argument("--tls", action="store_true", help="Chert over verified TLS")
+    parser.add_argument(
+        "--workloads", help="only these, by name, comma-separated (e.g. '1 × 100 MB')"
+    )
     parser.add_argument(
         "--gateway-env",
         action="append",
@@ -499,13 +584,16 @@ async def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     workloads = QUICK if args.quick else FULL
+    if args.workloads:
+        chosen = {name.strip() for name in args.workloads.split(",")}
+        workloads = [w for w in workloads if w.name in chosen]
     rounds = args.rounds or (2 if args.quick else 5)
     results = Results()
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="chert-bench-") as tmp:
         extra = dict(item.split("=", 1) for item in args.gateway_env)
-        async with Fleet(Path(tmp), extra) as fleet:
-            connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        async with Fleet(Path(tmp), extra, tls=args.tls) as fleet:
+            connector = aiohttp.TCPConnector(limit=0, ssl=fleet.client_ssl())
             async with aiohttp.ClientSession(connector=connector) as http:
                 load = LoadGenerator(http, fleet)
                 for workload in workloads:
@@ -522,6 +610,7 @@ async def main(argv: list[str]) -> int:
                         for path in order:
                             results.add(path, workload.name, await load.run(path, workload, data))
                     print(f"done: {workload.name}", file=sys.stderr)
+                negotiated = await load.negotiated() if args.tls else {}
     summary = summarize(results)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report = {
@@ -530,16 +619,19 @@ async def main(argv: list[str]) -> int:
         "rounds": rounds,
         "machine": machine(),
         "gateway_env": fleet.gateway_env,
+        "tls": negotiated,
         "summary": summary,
         "runs": {
             w: {p: [asdict(r) for r in runs] for p, runs in by.items()}
             for w, by in results.runs.items()
         },
     }
-    name = "quick" if args.quick else "full"
+    name = ("tls-" if args.tls else "") + ("quick" if args.quick else "full")
     (RESULTS / f"{name}-latest.json").write_text(json.dumps(report, indent=2))
-    plot(summary, RESULTS / f"{name}-latest.png")
+    plot(summary, RESULTS / f"{name}-latest.png", ", Chert over TLS" if args.tls else "")
     print(table(summary))
+    for party, seen in negotiated.items():
+        print(f"TLS, {party} to Chert: {', '.join(seen)}")
     print(f"\nwritten: {RESULTS / (name + '-latest.json')}, {RESULTS / (name + '-latest.png')}")
     return 0
 

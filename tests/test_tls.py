@@ -169,6 +169,21 @@ async def test_a_new_connection_resumes_the_tls_session_of_an_earlier_one(
     assert list(by_connection.values()) == [False, True, True]
 
 
+async def test_many_connections_opened_at_once_all_carry_their_uploads(
+    https_chert: ChertFactory, authority: trustme.CA, ca_file: Path, simulator: ChertSimulator
+) -> None:
+    """New connections made while others are still shaking hands: a session
+    is taken only from a finished handshake."""
+    chert = await https_chert(server_context(authority))
+    gateway = await gateway_for(chert, CHERT_CA_FILE=ca_file)
+    try:
+        answers = await asyncio.gather(*(send(gateway, png_bytes(20_000)) for _ in range(30)))
+    finally:
+        await gateway.close()
+    assert [status for status, _, _ in answers] == [201] * 30
+    assert len({call.peer for call in simulator.state.requests}) > 1
+
+
 REFUSED = {
     "unknown CA": ({}, False),
     "name mismatch": ({"names": ("chert.example",)}, True),

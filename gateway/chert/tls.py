@@ -56,7 +56,10 @@ class ResumingContext(ssl.SSLContext):
         """The newest resumable session with `name`, from the TLS objects
         made since the last look (a TLS 1.3 ticket comes after the handshake)."""
         for tls in self._recent.get(name, ()):
-            session = tls.session
+            try:
+                session = tls.session
+            except ValueError:  # its handshake is not done: OpenSSL cannot encode it yet
+                continue
             if session is not None and session.has_ticket:
                 kept = self._sessions.get(name)
                 if kept is None or session.time >= kept.time:

@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import hmac
 import shutil
+import ssl
 import tempfile
 import time
 import uuid
@@ -83,6 +84,13 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return web.Response(
         body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
     )
+
+
+def _cipher(tls: ssl.SSLObject | None) -> str | None:
+    """A connection's TLS version and cipher, or None for plain HTTP."""
+    if tls is None or (cipher := tls.cipher()) is None:
+        return None
+    return f"{tls.version()} {cipher[0]}"
 
 
 def _iso(ts: float | None) -> str | None:
@@ -165,6 +173,7 @@ class ChertSimulator:
             peer=(str(peer[0]), int(peer[1])) if peer else None,
             tls=request.secure,
             tls_resumed=bool(tls is not None and tls.session_reused),
+            tls_cipher=_cipher(tls),
         )
         request[RECORD_KEY] = record
         self.state.requests.append(record)

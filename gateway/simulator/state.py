@@ -41,6 +41,8 @@ class RecordedRequest:
     tls: bool = False
     # True when the connection's TLS handshake resumed an earlier session.
     tls_resumed: bool = False
+    # The connection's TLS version and cipher, as "TLSv1.3 TLS_AES_256_GCM_SHA384".
+    tls_cipher: str | None = None
 
     def header(self, name: str) -> str | None:
         wanted = name.lower()
