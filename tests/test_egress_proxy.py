@@ -148,3 +148,18 @@ async def test_a_proxy_that_is_down_is_an_outage_503_with_retry_after(
     status, answer, response = await upload_through(https_chert, monkeypatch, HTTPS_PROXY=down)
     assert (status, answer["error"]["code"]) == (503, "upstream_unavailable")
     assert int(response.headers["Retry-After"]) >= 1
+
+
+async def test_the_proxy_settings_are_read_once_at_start(
+    https_chert: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not on every call (aiohttp's trust_env reads them, and ~/.netrc, per
+    request, in a thread): a proxy set after start changes nothing."""
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    url, ca_file = https_chert
+    settings = Settings.from_env(gateway_env(url, CHERT_CA_FILE=ca_file))
+    async with TestClient(ServerAsDeployed(create_app(settings))) as gateway:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing there
+        status, answer, _ = await send(gateway, png_bytes(20_000))
+    assert status == 201, answer

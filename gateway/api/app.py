@@ -37,7 +37,7 @@ from gateway.api.keys import (
 )
 from gateway.api.pipeline import UploadPipeline
 from gateway.api.spool import Spool
-from gateway.chert import pool, retry, tls
+from gateway.chert import egress, pool, retry, tls
 from gateway.chert.client import ChertClient
 from gateway.chert.redact import Redactor
 from gateway.errors import (
@@ -234,6 +234,11 @@ async def _chert_client(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     if settings.signing_secret is None:
         raise RuntimeError("the gateway needs a Chert secret before it starts")
+    way_out = egress.egress_for(settings.chert_api_url)
+    log.info(
+        "calls to Chert go %s",
+        f"through the egress proxy {way_out.proxy}" if way_out.proxy else "direct",
+    )
     connector = pool.ChertConnector(
         # Bounded: every upload in flight makes at most one call at a time,
         # and a form three (form.UPLOAD_CONCURRENCY); beyond that, calls wait.
@@ -254,9 +259,6 @@ async def _chert_client(app: web.Application) -> AsyncIterator[None]:
         auto_decompress=False,
         # Chert's API sets no cookies; a real jar would be consulted on every call.
         cookie_jar=aiohttp.DummyCookieJar(),
-        # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as every HTTP tool reads them: a
-        # CONNECT tunnel for https, credentials from the proxy's URL.
-        trust_env=True,
     ) as session:
         chert = ChertClient(
             session,
@@ -266,6 +268,7 @@ async def _chert_client(app: web.Application) -> AsyncIterator[None]:
             tenant=settings.tenant,
             observer=metrics,
             redactor=Redactor([settings.signing_secret, settings.client_tokens]),
+            egress=way_out,
         )
         app[CHERT] = chert
         app[PIPELINE] = UploadPipeline(chert, metrics)

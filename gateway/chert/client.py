@@ -41,6 +41,7 @@ import orjson
 from yarl import URL
 
 from gateway.chert import liveness, pool
+from gateway.chert.egress import Egress
 from gateway.chert.progress import ProgressDeadline
 from gateway.chert.redact import Redactor
 from gateway.chert.retry import RetryPolicy, parse_retry_after, with_retries
@@ -209,6 +210,7 @@ class ChertClient:
         retry: RetryPolicy | None = None,
         observer: ChertObserver | None = None,
         redactor: Redactor | None = None,
+        egress: Egress | None = None,
     ) -> None:
         self._session = session
         self._base = base_url.origin()
@@ -220,6 +222,12 @@ class ChertClient:
         self._retry = retry if retry is not None else RetryPolicy()
         self._observer: ChertObserver = observer if observer is not None else _NoObserver()
         self._redact = redactor if redactor is not None else Redactor([secret])
+        way_out = egress if egress is not None else Egress()
+        # Every request's way out, as aiohttp's arguments.
+        self._via: dict[str, Any] = {
+            "proxy": way_out.proxy,
+            "proxy_headers": way_out.proxy_headers or None,
+        }
 
     # -- the three calls ------------------------------------------------------
 
@@ -282,6 +290,7 @@ class ChertClient:
                                 headers=headers,
                                 allow_redirects=False,
                                 timeout=no_total,
+                                **self._via,
                             ) as response:
                                 call.status = str(response.status)
                                 await self._read_answer(response, "upload")
@@ -336,6 +345,7 @@ class ChertClient:
                 headers=headers,
                 allow_redirects=False,
                 timeout=timeout,
+                **self._via,
             ) as response:
                 call.status = str(response.status)
                 if response.status != 200:
@@ -457,6 +467,7 @@ class ChertClient:
                 headers=headers,
                 allow_redirects=False,
                 timeout=timeout,
+                **self._via,
             ) as response:
                 call.status = str(response.status)
                 return await self._read_answer(response, operation)
