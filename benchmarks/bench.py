@@ -538,7 +538,8 @@ def plot(summary: dict[str, dict[str, dict[str, Any]]], target: Path, leg: str =
     import matplotlib.pyplot as plt
 
     workloads = list(summary)
-    fig, axes = plt.subplots(1, len(workloads), figsize=(4 * len(workloads), 4))
+    fig, grid = plt.subplots(1, len(workloads), figsize=(4 * len(workloads), 4), squeeze=False)
+    axes = grid[0]
     for ax, workload in zip(axes, workloads, strict=True):
         small = "64 KB" in workload
         key, unit = ("uploads_per_s", "uploads/s") if small else ("mb_per_s", "MB/s")
