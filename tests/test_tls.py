@@ -130,15 +130,21 @@ async def test_the_main_flows_run_over_verified_tls(
     assert all(put.body_complete for put in simulator.state.requests_to("PUT"))
 
 
+async def send_in_turn(gateway: Gateway, count: int, pause: float = 0.0) -> None:
+    """`count` small uploads one after another, each answered 201."""
+    for _ in range(count):
+        status, answer, _ = await send(gateway, png_bytes(20_000))
+        assert status == 201, answer
+        await asyncio.sleep(pause)
+
+
 async def test_connections_to_chert_are_reused_one_handshake_each(
     https_chert: ChertFactory, authority: trustme.CA, ca_file: Path, simulator: ChertSimulator
 ) -> None:
     chert = await https_chert(server_context(authority))
     gateway = await gateway_for(chert, CHERT_CA_FILE=ca_file)
     try:
-        for _ in range(20):
-            status, answer, _ = await send(gateway, png_bytes(20_000))
-            assert status == 201, answer
+        await send_in_turn(gateway, 20)
     finally:
         await gateway.close()
     calls = simulator.state.requests
@@ -158,10 +164,7 @@ async def test_a_new_connection_resumes_the_tls_session_of_an_earlier_one(
     chert = await https_chert(server_context(authority))
     gateway = await gateway_for(chert, CHERT_CA_FILE=ca_file)
     try:
-        for _ in range(3):
-            status, answer, _ = await send(gateway, png_bytes(20_000))
-            assert status == 201, answer
-            await asyncio.sleep(0.5)
+        await send_in_turn(gateway, 3, pause=0.5)
     finally:
         await gateway.close()
     assert simulator.idle.dropped == 3
