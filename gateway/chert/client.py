@@ -175,11 +175,10 @@ class _PutBody(aiohttp.payload.Payload):
         # is not consumed; starting over is decided in ChertClient.upload.
         self._consumed = True
         idle = self._connection.idle_seconds
-        self.unacknowledged = (
-            idle is not None and idle >= PROBE_AFTER_IDLE_SECONDS and self._body.restartable
-        )
         transport = getattr(writer, "transport", None)
-        probe = liveness.Probe(transport) if self.unacknowledged and transport else None
+        wait = idle is not None and idle >= PROBE_AFTER_IDLE_SECONDS and self._body.restartable
+        probe = liveness.Probe(transport) if wait and transport is not None else None
+        self.unacknowledged = probe is not None
         async with aclosing(self._body.chunks(self._progress)) as chunks:
             async for chunk in chunks:
                 await writer.write(chunk)
