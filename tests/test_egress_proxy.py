@@ -85,11 +85,15 @@ async def https_chert(simulator: ChertSimulator, tmp_path: Path) -> AsyncIterato
         await server.close()
 
 
+def clear_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
 async def upload_through(
     chert: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, **proxy_env: str
 ) -> tuple[int, dict[str, Any], Any]:
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
+    clear_proxy_env(monkeypatch)
     for name, value in proxy_env.items():
         monkeypatch.setenv(name, value)
     url, ca_file = chert
@@ -155,8 +159,7 @@ async def test_the_proxy_settings_are_read_once_at_start(
 ) -> None:
     """Not on every call (aiohttp's trust_env reads them, and ~/.netrc, per
     request, in a thread): a proxy set after start changes nothing."""
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
+    clear_proxy_env(monkeypatch)
     url, ca_file = https_chert
     settings = Settings.from_env(gateway_env(url, CHERT_CA_FILE=ca_file))
     async with TestClient(ServerAsDeployed(create_app(settings))) as gateway:

@@ -1,6 +1,7 @@
 """The gateway across a real link: Chert in a network namespace behind a
-veth pair, 20 ms each way and 200 Mbit/s (tc netem), the gateway and its
-caller outside it, as in production.
+wire of 20 ms each way at 200 Mbit/s (tests/netns.py; this kernel has no
+netem, so tests/wire.py shapes it), the gateway and its caller outside
+it, as in production.
 
 Assertions here count round trips (40 ms each), not speed: a machine's
 noise is a few milliseconds, a round trip is not.
@@ -29,6 +30,7 @@ from tests.constants import CHAT_ID, SECRET
 from tests.gateway_calls import png_bytes
 from tests.netns import Link
 from tests.processes import GatewayProcess, curl
+from tests.samples import make_file
 
 DELAY_MS = 20
 RATE_MBIT = 200
@@ -80,22 +82,15 @@ async def chert(link: Link) -> AsyncIterator[Chert]:
         await proc.wait()
 
 
-def png_file(path: Path, size: int) -> Path:
-    with path.open("wb") as out:
-        out.write(png_bytes(1024))
-        for _ in range((size - 1024) // (1024 * 1024)):
-            out.write(os.urandom(1024 * 1024))
-        out.write(os.urandom((size - 1024) % (1024 * 1024)))
-    return path
-
-
 async def test_a_100_mb_upload_streams_across_the_link_with_memory_flat(
     chert: Chert, tmp_path: Path
 ) -> None:
-    source = png_file(tmp_path / "big.png", BIG)
+    source = tmp_path / "big.png"
+    source_sha256 = make_file(source, BIG)
     async with GatewayProcess({"CHERT_API_URL": chert.url, "CHERT_SIGNING_SECRET": SECRET}) as gw:
         url = f"{gw.api}/v1/chats/{CHAT_ID}/attachments?filename=big.png"
-        warm = png_file(tmp_path / "warm.png", 1024 * 1024)
+        warm = tmp_path / "warm.png"
+        make_file(warm, 1024 * 1024)
         status, _ = await curl("-T", str(warm), "-H", "Content-Type: image/png", url)
         assert status == 201
         before = gw.peak_rss_bytes()
@@ -117,7 +112,7 @@ async def test_a_100_mb_upload_streams_across_the_link_with_memory_flat(
     assert "transfer-encoding" not in headers
     assert put["body_complete"]
     assert put["body_bytes"] == BIG
-    assert answer["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert answer["sha256"] == source_sha256
 
 
 async def direct_three_calls(http: aiohttp.ClientSession, chert: Chert, body: bytes) -> float:
