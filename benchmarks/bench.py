@@ -102,6 +102,9 @@ class Run:
     uploads: int
     peak_rss_over_idle: int | None = None
     cpu_seconds: float | None = None
+    # CPU of Chert's side and of this load generator: what shares the cores.
+    sink_cpu_seconds: float = 0.0
+    load_cpu_seconds: float = 0.0
 
     @property
     def mb_per_s(self) -> float:
@@ -195,10 +198,16 @@ class Fleet:
     """The simulator, two gateways, nginx and the minimal relay, each its own process."""
 
     def __init__(
-        self, tmp: Path, gateway_env: dict[str, str] | None = None, *, tls: bool = False
+        self,
+        tmp: Path,
+        gateway_env: dict[str, str] | None = None,
+        *,
+        tls: bool = False,
+        sink: str = "lean",
     ) -> None:
         self.tmp = tmp
         self.tls = tls
+        self.sink = sink
         self.scheme = "https" if tls else "http"
         self.ca_file = tmp / "ca.pem"
         # What both gateways run with: GATEWAY_SETTINGS, then the lever measured.
@@ -211,11 +220,23 @@ class Fleet:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     async def __aenter__(self) -> Fleet:
+        try:
+            await self._start()
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        nginx = nginx_binary()  # before anything starts: it may be missing
         gateway = str(Path(sys.executable).parent / "chert-gateway")
         p = self.ports
-        simulate = [gateway, "simulate", "--port", str(p["chert"]), "--secret", self.secret,
-                    "--discard", *self._certificates()]  # fmt: skip
-        self.procs["chert"] = start(simulate)
+        if self.sink == "lean":
+            chert = [sys.executable, str(ROOT / "benchmarks" / "sink.py"), str(p["chert"])]
+        else:
+            chert = [gateway, "simulate", "--port", str(p["chert"]), "--secret", self.secret,
+                     "--discard"]  # fmt: skip
+        self.procs["chert"] = start([*chert, *self._certificates()])
         chert_url = f"{self.scheme}://127.0.0.1:{p['chert']}"
         trust = {"CHERT_CA_FILE": str(self.ca_file)} if self.tls else {}
         common = {
@@ -246,7 +267,7 @@ class Fleet:
             )
         )
         self.procs["nginx"] = start(
-            [nginx_binary(), "-c", str(conf), "-p", str(nginx_dir), "-g", "daemon off;"]
+            [nginx, "-c", str(conf), "-p", str(nginx_dir), "-g", "daemon off;"]
         )
         self.procs["relay"] = start(
             [
@@ -261,7 +282,6 @@ class Fleet:
         )
         for name in ("chert", "gw", "nosha", "nginx", "relay"):
             await wait_listening(p[name])
-        return self
 
     def _certificates(self) -> list[str]:
         """The simulator's TLS arguments: a throwaway CA's certificate for
@@ -439,8 +459,10 @@ class LoadGenerator:
 
     async def run(self, path: str, workload: Workload, data: memoryview) -> Run:
         pids = self.fleet.relay_pids(path)
+        sink = [self.fleet.procs["chert"].pid]
         idle_rss = reset_peak(pids) if pids else None
         cpu_before = cpu_seconds(pids) if pids else None
+        sink_before, load_before = cpu_seconds(sink), time.process_time()
         started = time.perf_counter()
         times = await asyncio.gather(*(self.upload(path, data) for _ in range(workload.count)))
         elapsed = time.perf_counter() - started
@@ -451,6 +473,8 @@ class LoadGenerator:
             uploads=workload.count,
             peak_rss_over_idle=(peak(pids) - idle_rss) if idle_rss is not None else None,
             cpu_seconds=(cpu_seconds(pids) - cpu_before) if cpu_before is not None else None,
+            sink_cpu_seconds=cpu_seconds(sink) - sink_before,
+            load_cpu_seconds=time.process_time() - load_before,
         )
 
 
@@ -477,6 +501,7 @@ def summarize(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
             # together, not as a median of per-round figures a few ticks long.
             timed = [r for r in runs if r.cpu_seconds is not None]
             cpu_gb = sum(r.bytes for r in timed) / 1e9
+            seconds = sum(r.seconds for r in runs)
             summary[workload][path] = {
                 "mb_per_s": median([r.mb_per_s for r in runs]),
                 "uploads_per_s": median([r.uploads_per_s for r in runs]),
@@ -486,6 +511,17 @@ def summarize(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
                 "cpu_s_per_gb": (
                     sum(r.cpu_seconds or 0.0 for r in timed) / cpu_gb if timed else None
                 ),
+                "cpu_ms_per_upload": (
+                    1000 * sum(r.cpu_seconds or 0.0 for r in timed) / sum(r.uploads for r in timed)
+                    if timed
+                    else None
+                ),
+                # Cores kept busy while the path ran: the relay, Chert's side, the load.
+                "cores_busy": [
+                    sum(r.cpu_seconds or 0.0 for r in runs) / seconds,
+                    sum(r.sink_cpu_seconds for r in runs) / seconds,
+                    sum(r.load_cpu_seconds for r in runs) / seconds,
+                ],
                 "rounds": len(runs),
             }
     return summary
@@ -496,8 +532,9 @@ def table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
         return "–" if value is None else format(value, spec)
 
     lines = [
-        "| workload | path | MB/s | uploads/s | p50 s | p99 s | peak RSS over idle | CPU s/GB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| workload | path | MB/s | uploads/s | p50 s | p99 s | peak RSS over idle | CPU s/GB "
+        "| CPU ms/upload | cores busy (relay / sink / load) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for workload, by_path in summary.items():
         for path, s in by_path.items():
@@ -508,7 +545,9 @@ def table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
             )
             lines.append(
                 f"| {workload} | {path} | {s['mb_per_s']:.0f} | {s['uploads_per_s']:.1f} | "
-                f"{s['p50_s']:.3f} | {s['p99_s']:.3f} | {rss} | {fmt(s['cpu_s_per_gb'], '.2f')} |"
+                f"{s['p50_s']:.3f} | {s['p99_s']:.3f} | {rss} | {fmt(s['cpu_s_per_gb'], '.2f')} "
+                f"| {fmt(s['cpu_ms_per_upload'], '.2f')} "
+                f"| {' / '.join(format(c, '.2f') for c in s['cores_busy'])} |"
             )
     lines += [
         "",
@@ -574,6 +613,12 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, help="default 5 (2 with --quick)")
     parser.add_argument("--tls", action="store_true", help="Chert over verified TLS")
     parser.add_argument(
+        "--sink",
+        choices=["lean", "simulator"],
+        default="lean",
+        help="Chert's side: benchmarks/sink.py (default), or the simulator (--discard)",
+    )
+    parser.add_argument(
         "--workloads", help="only these, by name, comma-separated (e.g. '1 × 100 MB')"
     )
     parser.add_argument(
@@ -593,7 +638,7 @@ async def main(argv: list[str]) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="chert-bench-") as tmp:
         extra = dict(item.split("=", 1) for item in args.gateway_env)
-        async with Fleet(Path(tmp), extra, tls=args.tls) as fleet:
+        async with Fleet(Path(tmp), extra, tls=args.tls, sink=args.sink) as fleet:
             connector = aiohttp.TCPConnector(limit=0, ssl=fleet.client_ssl())
             async with aiohttp.ClientSession(connector=connector) as http:
                 load = LoadGenerator(http, fleet)
@@ -620,6 +665,7 @@ async def main(argv: list[str]) -> int:
         "rounds": rounds,
         "machine": machine(),
         "gateway_env": fleet.gateway_env,
+        "sink": args.sink,
         "tls": negotiated,
         "summary": summary,
         "runs": {
