@@ -148,7 +148,7 @@ async def test_a_streamed_put_on_a_forgotten_connection_starts_over_once_and_who
     assert [(put.body_bytes, put.body_complete) for put in puts] == [(len(caller.body), True)]
     stored = simulator.state.attachments[slot.attachment_id]
     assert stored.sha256 == hashlib.sha256(caller.body).hexdigest()
-    assert body.sha256 == stored.sha256
+    assert await body.sha256() == stored.sha256
 
 
 async def test_without_the_wait_a_put_on_a_forgotten_connection_is_lost_not_resent(

@@ -179,7 +179,7 @@ async def test_a_put_on_a_forgotten_connection_across_the_link_starts_over_whole
     assert observer.retries == [("upload", "dropped_connection")]
     puts = [r for r in await chert.requests() if r["method"] == "PUT"]
     assert [(put["body_bytes"], put["body_complete"]) for put in puts] == [(3_000_000, True)]
-    assert body.sha256 == hashlib.sha256(caller.body).hexdigest()
+    assert await body.sha256() == hashlib.sha256(caller.body).hexdigest()
 
 
 async def test_without_the_wait_a_forgotten_connection_costs_the_callers_bytes(

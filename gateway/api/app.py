@@ -22,11 +22,13 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from gateway import __version__
 from gateway.api import handlers
 from gateway.api.admission import Admission
+from gateway.api.hashing import Hashing
 from gateway.api.http_protocol import OnRefusal
 from gateway.api.idempotency import IdempotencyStore
 from gateway.api.keys import (
     ADMISSION,
     CHERT,
+    HASHING,
     IDEMPOTENCY,
     LOG_FIELDS_KEY,
     METRICS,
@@ -228,6 +230,13 @@ async def client_auth_middleware(request: web.Request, handler: Handler) -> web.
     return await handler(request)
 
 
+async def _hashing(app: web.Application) -> AsyncIterator[None]:
+    """Where SHA-256 runs, chosen once at start (hashing.py); its threads stop with the app."""
+    hashing = app[HASHING] = Hashing.start(app[SETTINGS].sha256_threads)
+    yield
+    hashing.stop()
+
+
 async def _chert_client(app: web.Application) -> AsyncIterator[None]:
     """The session to Chert lives as long as the app (cleanup_ctx)."""
     settings = app[SETTINGS]
@@ -297,6 +306,7 @@ def create_app(
     spool.sweep()
     metrics.spool_used.set_function(lambda: spool.used)
     metrics.idempotency_entries.set_function(lambda: len(idempotency))
+    app.cleanup_ctx.append(_hashing)
     app.cleanup_ctx.append(_chert_client)
     handlers.add_routes(app)
     return app

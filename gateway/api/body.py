@@ -17,7 +17,6 @@ bodies here are `HashedBody`s, whose extras the pipeline reads for the answer.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -27,6 +26,7 @@ from typing import Protocol
 from aiohttp import StreamReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from gateway.api.hashing import INLINE, BodyDigest, Hashing
 from gateway.api.http_protocol import parser_reason
 from gateway.api.spool import Spool, SpoolFile
 from gateway.chert import media
@@ -65,6 +65,10 @@ class BodyLimits:
     client_timeout: float
     sha256: bool = True
     chunk_size: int = CHUNK_BYTES
+    hashing: Hashing = INLINE
+
+    def digest(self, size: int | None = None) -> BodyDigest:
+        return self.hashing.digest(self.sha256, size)
 
 
 class HashedBody(UploadBody, Protocol):
@@ -78,8 +82,9 @@ class HashedBody(UploadBody, Protocol):
     @property
     def first_byte_sent_at(self) -> float | None: ...
 
-    @property
-    def sha256(self) -> str | None: ...
+    async def sha256(self) -> str | None:
+        """The digest of every byte received (None when not hashed)."""
+        ...
 
 
 def read_size(size: int, *, in_flight: int, max_in_flight: int) -> int:
@@ -107,11 +112,14 @@ async def incoming(
             yield body
         return
     streamed = CallerBody(
-        request.content, size, client_timeout=limits.client_timeout, sha256=limits.sha256
+        request.content, size, client_timeout=limits.client_timeout, digest=limits.digest(size)
     )
-    with tuning.read_size(request.transport, recv_bytes):
-        check_content(meta, await streamed.head(media.SNIFF_BYTES))
-        yield streamed
+    try:
+        with tuning.read_size(request.transport, recv_bytes):
+            check_content(meta, await streamed.head(media.SNIFF_BYTES))
+            yield streamed
+    finally:
+        streamed.close()
 
 
 @asynccontextmanager
@@ -121,27 +129,33 @@ async def spooled(
     """Spool the whole body, then refuse an empty file or one whose first
     bytes contradict its type. The file lives as long as the context."""
     reader = CallerReader(read, client_timeout=limits.client_timeout)
-    hasher = BodyDigest(limits.sha256)
+    hasher = limits.digest()
     head = b""
     async with spool.file() as file:
-        while chunk := await reader.read(limits.chunk_size):
-            if reader.received > limits.max_bytes:
-                raise PayloadTooLargeError(
-                    f"the body passed the {limits.max_bytes}-byte limit; upload abandoned"
-                )
-            file.reserve(len(chunk))
-            if len(head) < media.SNIFF_BYTES:
-                head += chunk[: media.SNIFF_BYTES - len(head)]
-            hasher.update(chunk)
-            await file.write(chunk)
-        if reader.received == 0:
-            raise InvalidRequestError(f"{meta.filename} is empty; send the file's bytes")
-        check_content(meta, head)
-        await file.flush()
+        try:
+            while chunk := await reader.read(limits.chunk_size):
+                if reader.received > limits.max_bytes:
+                    raise PayloadTooLargeError(
+                        f"the body passed the {limits.max_bytes}-byte limit; upload abandoned"
+                    )
+                file.reserve(len(chunk))
+                if len(head) < media.SNIFF_BYTES:
+                    head += chunk[: media.SNIFF_BYTES - len(head)]
+                hasher.update(chunk)
+                await file.write(chunk)
+                if hasher.behind():
+                    await hasher.caught_up()
+            if reader.received == 0:
+                raise InvalidRequestError(f"{meta.filename} is empty; send the file's bytes")
+            check_content(meta, head)
+            await file.flush()
+            sha256 = await hasher.hexdigest()
+        finally:
+            hasher.abandon()  # a no-op once the digest is taken
         yield SpooledBody(
             file,
             reader.received,
-            hasher.hexdigest(),
+            sha256,
             limits.chunk_size,
             first_byte_received_at=reader.first_byte_at,
         )
@@ -150,12 +164,19 @@ async def spooled(
 async def digest(read: ReadFn, limits: BodyLimits) -> tuple[int, str]:
     """Read a body to its end, keeping nothing but its size and SHA-256."""
     reader = CallerReader(read, client_timeout=limits.client_timeout)
-    hasher = hashlib.sha256()
-    while chunk := await reader.read(limits.chunk_size):
-        if reader.received > limits.max_bytes:
-            raise PayloadTooLargeError(f"the body passed the {limits.max_bytes}-byte limit")
-        hasher.update(chunk)
-    return reader.received, hasher.hexdigest()
+    hasher = limits.hashing.digest()
+    try:
+        while chunk := await reader.read(limits.chunk_size):
+            if reader.received > limits.max_bytes:
+                raise PayloadTooLargeError(f"the body passed the {limits.max_bytes}-byte limit")
+            hasher.update(chunk)
+            if hasher.behind():
+                await hasher.caught_up()
+        sha256 = await hasher.hexdigest()
+    finally:
+        hasher.abandon()
+    assert sha256 is not None  # hashing was asked for
+    return reader.received, sha256
 
 
 def check_content(meta: FileMeta, head: bytes) -> None:
@@ -179,20 +200,6 @@ async def send_continue(request: web.Request) -> None:
 
 async def defer_continue(request: web.Request) -> None:
     """An expect_handler that leaves the decision to the handler (see send_continue)."""
-
-
-class BodyDigest:
-    """The SHA-256 of a body as it passes, or nothing (GATEWAY_SHA256=false)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self._hash = hashlib.sha256() if enabled else None
-
-    def update(self, chunk: bytes) -> None:
-        if self._hash is not None:
-            self._hash.update(chunk)
-
-    def hexdigest(self) -> str | None:
-        return self._hash.hexdigest() if self._hash is not None else None
 
 
 class CallerReader:
@@ -267,7 +274,7 @@ class CallerBody:
         size: int,
         *,
         client_timeout: float,
-        sha256: bool = True,
+        digest: BodyDigest | None = None,
     ) -> None:
         self.size = size
         # Pieces as they arrived, neither joined nor sliced (either would copy
@@ -279,7 +286,7 @@ class CallerBody:
             read_nowait=lambda _: content.read_nowait(-1),
             client_timeout=client_timeout,
         )
-        self._hasher = BodyDigest(sha256)
+        self._hasher = digest if digest is not None else INLINE.digest()
         self._held = b""  # read ahead by head(): sent again if the PUT starts over
         self._restartable = True
         self.first_byte_sent_at: float | None = None
@@ -296,9 +303,12 @@ class CallerBody:
     def failure(self) -> GatewayError | None:
         return self._reader.failure
 
-    @property
-    def sha256(self) -> str | None:
-        return self._hasher.hexdigest()
+    async def sha256(self) -> str | None:
+        return await self._hasher.hexdigest()
+
+    def close(self) -> None:
+        """Done with, finished or not: a hash still queued is dropped."""
+        self._hasher.abandon()
 
     @property
     def restartable(self) -> bool:
@@ -333,6 +343,9 @@ class CallerBody:
             self._hasher.update(chunk)
             progress.progressed()
             yield chunk
+            if self._hasher.behind():
+                progress.waiting_on_source()  # our own hash, not Chert, is behind
+                await self._hasher.caught_up()
 
     async def _read(self) -> bytes:
         chunk = await self._reader.read(self.size - self.received)
@@ -364,10 +377,13 @@ class SpooledBody:
         self._source = source
         self.size = size
         self.received = size
-        self.sha256 = sha256
+        self._sha256 = sha256
         self._chunk_size = chunk_size
         self.first_byte_received_at = first_byte_received_at
         self.first_byte_sent_at: float | None = None
+
+    async def sha256(self) -> str | None:
+        return self._sha256
 
     async def chunks(self, progress: ProgressDeadline) -> AsyncGenerator[bytes, None]:
         await self._source.seek(0)  # every attempt starts from the first byte

@@ -23,6 +23,7 @@ from gateway.api.idempotency import file_print, fingerprint
 from gateway.api.keys import (
     ADMISSION,
     CHERT,
+    HASHING,
     IDEMPOTENCY,
     LOG_FIELDS_KEY,
     OUTCOME_KEY,
@@ -57,6 +58,7 @@ def _limits(request: web.Request, key: str | None) -> BodyLimits:
         max_bytes=settings.max_upload_bytes,
         client_timeout=settings.client_timeout,
         sha256=settings.sha256 or key is not None,
+        hashing=request.app[HASHING],
     )
 
 

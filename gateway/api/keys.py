@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api.admission import Admission
+from gateway.api.hashing import Hashing
 from gateway.api.idempotency import IdempotencyStore
 from gateway.api.pipeline import UploadPipeline
 from gateway.api.spool import Spool
@@ -20,6 +21,7 @@ CHERT = web.AppKey("chert", ChertClient)
 PIPELINE = web.AppKey("pipeline", UploadPipeline)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 SPOOL = web.AppKey("spool", Spool)
+HASHING = web.AppKey("hashing", Hashing)
 
 OUTCOME_KEY = web.RequestKey("gateway_outcome", str)
 # What the access log line says of a request beyond method, route and status.

@@ -147,7 +147,7 @@ class UploadPipeline:
         self._observe_upload(body, upload_done - slot_done)
         timings = Timings(create_slot_s=slot_done - started, upload_s=upload_done - slot_done)
         return UploadedFile(
-            slot.attachment_id, meta, body.size, body.sha256, slot.expires_at, timings
+            slot.attachment_id, meta, body.size, await body.sha256(), slot.expires_at, timings
         )
 
     def _observe_upload(self, body: HashedBody, seconds: float) -> None:

@@ -126,6 +126,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("GATEWAY_SHA256", "true", "compute each upload's SHA-256 for the answer", "BOOL"),
     Option(
+        "GATEWAY_SHA256_THREADS",
+        "auto",
+        "threads that hash beside the event loop: auto (one less than the CPUs the process "
+        "may use, at most 4), or a number (0: on the event loop)",
+        "N",
+    ),
+    Option(
         "GATEWAY_EVENT_LOOP",
         "asyncio",
         "asyncio, or uvloop (pip install 'chert-gateway[uvloop]'; slower here, see "
@@ -154,6 +161,7 @@ class Settings:
     client_timeout: float
     drain_seconds: float
     sha256: bool = True
+    sha256_threads: str = "auto"
     event_loop: str = "asyncio"
     simulate: bool = False
 
@@ -205,6 +213,7 @@ class Settings:
             client_timeout=parse("GATEWAY_CLIENT_TIMEOUT", _positive_float),
             drain_seconds=parse("GATEWAY_DRAIN_SECONDS", _non_negative_float),
             sha256=parse("GATEWAY_SHA256", parse_boolean),
+            sha256_threads=parse("GATEWAY_SHA256_THREADS", _threads),
             event_loop=parse("GATEWAY_EVENT_LOOP", _event_loop),
             simulate=simulate,
         )
@@ -218,6 +227,19 @@ def _positive_int(raw: str) -> int:
     if value <= 0:
         raise ValueError(f"must be greater than 0, got {value}")
     return value
+
+
+def _threads(raw: str) -> str:
+    """"auto", or a whole number of threads from 0 to 64."""
+    if raw == "auto":
+        return raw
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"expected auto or a number of threads, got {raw!r}") from None
+    if not 0 <= value <= 64:
+        raise ValueError(f"must be auto or from 0 to 64, got {value}")
+    return str(value)
 
 
 def _upload_limit(raw: str) -> int:
