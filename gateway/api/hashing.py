@@ -21,6 +21,7 @@ more than it saves (docs/performance.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -67,10 +68,8 @@ class Hashing:
     def start(cls, setting: str) -> Hashing:
         """From GATEWAY_SHA256_THREADS: "auto", or a number of threads (0: inline)."""
         cpus = usable_cpus()
-        if setting == "auto":
-            threads = min(MAX_THREADS, max(0, int(cpus) - 1))
-        else:
-            threads = int(setting)
+        auto = min(MAX_THREADS, max(0, int(cpus) - 1))
+        threads = auto if setting == "auto" else int(setting)
         hashing = cls(threads)
         if threads:
             log.info(
@@ -101,17 +100,19 @@ class Hashing:
 INLINE = Hashing(0)
 
 
-def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> float:
+def usable_cpus(
+    cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")
+) -> float:
     """The CPUs this process may use: its affinity, capped by its cgroup's quota."""
     cpus: float = len(os.sched_getaffinity(0))
-    quota = _cgroup_quota(cgroup_root)
+    quota = _cgroup_quota(cgroup_root, proc_cgroup)
     return min(cpus, quota) if quota is not None else cpus
 
 
-def _cgroup_quota(root: Path) -> float | None:
+def _cgroup_quota(root: Path, proc_cgroup: Path) -> float | None:
     """cpu.max (cgroup v2) or cpu.cfs_quota_us / cfs_period_us (v1), as CPUs."""
     try:
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
+        for line in proc_cgroup.read_text().splitlines():
             _, controllers, path = line.split(":", 2)
             if controllers == "":
                 found = _quota_v2(root / path.lstrip("/"), root)
@@ -252,10 +253,8 @@ class _ThreadedDigest:
             if waiter is None or self._queued > self._wake_at:
                 return
             self._waiter = None
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
             self._loop.call_soon_threadsafe(_wake, waiter)
-        except RuntimeError:  # the loop has closed: nobody waits any more
-            pass
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
