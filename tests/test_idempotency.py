@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import io
+import tracemalloc
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -193,3 +196,38 @@ async def test_reading_a_repeat_counts_against_max_in_flight(
     other.close()
     assert (status, answer["error"]["code"]) == (503, "overloaded")
     assert response.headers["Retry-After"]
+
+
+def test_a_remembered_answer_costs_little_more_than_its_bytes() -> None:
+    """A full store lives in the sidecar's memory limit: an entry is its
+    answer's JSON and about 600 bytes more (docs/deploy.md's budget)."""
+    store = IdempotencyStore()
+    answers = [
+        {
+            "attachment_id": f"{n:032x}",
+            "sha256": hashlib.sha256(b"%d" % n).hexdigest(),
+            "pad": "x" * 500,
+        }
+        for n in range(2_000)
+    ]
+    answer_bytes = len(orjson.dumps(answers[0]))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n, answer in enumerate(answers):
+            with store.claim(f"key-{n:06d}", f"print-{n}") as claim:
+                claim.complete(answer, f"65536:{answer['sha256']}", {"size_bytes": 65536})
+        del answers, answer
+        gc.collect()
+        per_entry = (tracemalloc.get_traced_memory()[0] - before) / len(store)
+    finally:
+        tracemalloc.stop()
+    assert per_entry < answer_bytes + 700, per_entry
+    with store.claim("key-000007", "print-7") as claim:
+        assert claim.replay is not None
+        assert orjson.loads(claim.replay.answer)["attachment_id"] == f"{7:032x}"
+        assert claim.replay.log_fields == {"size_bytes": 65536}
+        claim.check_body(f"65536:{hashlib.sha256(b'7').hexdigest()}")
+        with pytest.raises(IdempotencyKeyReusedError):
+            claim.check_body("65536:another")

@@ -19,6 +19,12 @@ back), only successful answers, for `TTL_SECONDS`, at most `MAX_ENTRIES` and
 `MAX_ANSWER_BYTES` of answers (least recently used first out). The store is
 per process: replicas behind a Service do not share it; Chert's own
 idempotency on the send still holds.
+
+An entry is kept compact, because a full store lives in a sidecar's memory
+limit for as long as the process runs: the answer and its log fields as the
+JSON bytes they are sent and logged as, and the two prints as 32-byte
+digests (`_digest`), in slotted objects: about 1.3 KB each with a typical
+answer (docs/deploy.md counts the full store in the memory budget).
 """
 
 from __future__ import annotations
@@ -52,19 +58,35 @@ def file_print(size: int, sha256: str) -> str:
     return f"{size}:{sha256}"
 
 
-@dataclass(frozen=True)
+def _exact(data: bytes) -> bytes:
+    """A copy the size of its bytes: orjson's output keeps the capacity of
+    the buffer it was written in (kilobytes for a short answer)."""
+    return bytes(memoryview(data))
+
+
+def _digest(print_: str | None) -> bytes | None:
+    """A print as it is kept: 32 bytes, whatever its length."""
+    return None if print_ is None else hashlib.sha256(print_.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
 class Completed:
     """A completed request as remembered: its answer, what its body was, and
     what the access log said of it (said again of each replay)."""
 
     answer: bytes
-    body_print: str | None
-    log_fields: dict[str, Any]
+    body_digest: bytes | None
+    log_bytes: bytes
+
+    @property
+    def log_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = orjson.loads(self.log_bytes)
+        return fields
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
-    fingerprint: str
+    fingerprint: bytes
     created: float
     done: Completed | None = None  # None while the first request runs
 
@@ -86,12 +108,16 @@ class Claim:
         log_fields: dict[str, Any] | None = None,
     ) -> None:
         if self.keep:
-            self._done = Completed(orjson.dumps(answer), body_print, log_fields or {})
+            self._done = Completed(
+                _exact(orjson.dumps(answer)),
+                _digest(body_print),
+                _exact(orjson.dumps(log_fields or {})),
+            )
 
     def check_body(self, body_print: str | None) -> None:
         """422 when a repeat's body is not the first request's."""
         assert self.replay is not None
-        if body_print != self.replay.body_print:
+        if _digest(body_print) != self.replay.body_digest:
             raise IdempotencyKeyReusedError(
                 "this Idempotency-Key was used for a request with another body; use a new key"
             )
@@ -115,12 +141,14 @@ class IdempotencyStore:
             return
         now = time.monotonic()
         self._expire(now)
+        request_digest = _digest(print_)
+        assert request_digest is not None
         entry = self._entries.get(key)
         if entry is not None and now - entry.created >= self._ttl:
             self._remove(key)
             entry = None
         if entry is not None:
-            if entry.fingerprint != print_:
+            if entry.fingerprint != request_digest:
                 raise IdempotencyKeyReusedError(
                     "this Idempotency-Key was used for a different request; use a new key"
                 )
@@ -132,7 +160,7 @@ class IdempotencyStore:
             self._entries.move_to_end(key)
             yield Claim(replay=entry.done)
             return
-        entry = self._entries[key] = _Entry(print_, now)
+        entry = self._entries[key] = _Entry(request_digest, now)
         self._evict()
         claim = Claim()
         try:
