@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test system-deps lint typecheck pytest monitoring bench bench-quick clean
+.PHONY: run test system-deps lint typecheck pytest monitoring bench bench-quick soak json-call clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,14 @@ bench: $(BENCH_STAMP)
 bench-quick: $(BENCH_STAMP)
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || scripts/install-nginx.sh
 	$(BIN)/python benchmarks/bench.py --quick
+
+## soak: 10 minutes of mixed load; the gateway's RSS, open files and threads over time
+soak: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/soak.py
+
+## json-call: the CPU of one JSON call to Chert, by HTTP client (a minute)
+json-call: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/json_call.py
 
 ## monitoring: re-render k8s/monitoring/ from monitoring/ (dashboard, alerts)
 monitoring: $(STAMP)

@@ -204,10 +204,13 @@ class Fleet:
         *,
         tls: bool = False,
         sink: str = "lean",
+        gateway_cpus: str | None = None,
     ) -> None:
         self.tmp = tmp
         self.tls = tls
         self.sink = sink
+        # Both gateways run under `taskset -c` this list when given.
+        self.pinned = ["taskset", "-c", gateway_cpus] if gateway_cpus else []
         self.scheme = "https" if tls else "http"
         self.ca_file = tmp / "ca.pem"
         # What both gateways run with: GATEWAY_SETTINGS, then the lever measured.
@@ -248,7 +251,7 @@ class Fleet:
         }
         for name, sha in (("gw", "true"), ("nosha", "false")):
             self.procs[name] = start(
-                [gateway, "serve", "--log-format", "json"],
+                [*self.pinned, gateway, "serve", "--log-format", "json"],
                 {
                     **common,
                     "GATEWAY_LISTEN": f"127.0.0.1:{p[name]}",
@@ -593,6 +596,19 @@ def plot(summary: dict[str, dict[str, dict[str, Any]]], target: Path, leg: str =
     fig.savefig(target, dpi=110)
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(all ticks, stolen ticks) of every CPU since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields[:8]), fields[7]
+
+
+def stolen_share(since: tuple[int, int]) -> float:
+    """The share of CPU time the hypervisor took from this machine since `since`:
+    on a shared host it inflates every figure, so the report says it."""
+    total, steal = cpu_ticks()
+    return (steal - since[1]) / max(1, total - since[0])
+
+
 def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
@@ -622,6 +638,11 @@ async def main(argv: list[str]) -> int:
         "--workloads", help="only these, by name, comma-separated (e.g. '1 × 100 MB')"
     )
     parser.add_argument(
+        "--gateway-cpus",
+        metavar="LIST",
+        help="run both gateways on these CPUs only (taskset -c LIST), e.g. 0",
+    )
+    parser.add_argument(
         "--gateway-env",
         action="append",
         default=[],
@@ -635,10 +656,13 @@ async def main(argv: list[str]) -> int:
         workloads = [w for w in workloads if w.name in chosen]
     rounds = args.rounds or (2 if args.quick else 5)
     results = Results()
+    ticks_at_start = cpu_ticks()
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="chert-bench-") as tmp:
         extra = dict(item.split("=", 1) for item in args.gateway_env)
-        async with Fleet(Path(tmp), extra, tls=args.tls, sink=args.sink) as fleet:
+        async with Fleet(
+            Path(tmp), extra, tls=args.tls, sink=args.sink, gateway_cpus=args.gateway_cpus
+        ) as fleet:
             connector = aiohttp.TCPConnector(limit=0, ssl=fleet.client_ssl())
             async with aiohttp.ClientSession(connector=connector) as http:
                 load = LoadGenerator(http, fleet)
@@ -663,9 +687,10 @@ async def main(argv: list[str]) -> int:
         "when": stamp,
         "mode": "quick" if args.quick else "full",
         "rounds": rounds,
-        "machine": machine(),
+        "machine": {**machine(), "cpu_stolen_share": round(stolen_share(ticks_at_start), 3)},
         "gateway_env": fleet.gateway_env,
         "sink": args.sink,
+        "gateway_cpus": args.gateway_cpus,
         "tls": negotiated,
         "summary": summary,
         "runs": {
@@ -677,6 +702,7 @@ async def main(argv: list[str]) -> int:
     (RESULTS / f"{name}-latest.json").write_text(json.dumps(report, indent=2))
     plot(summary, RESULTS / f"{name}-latest.png", ", Chert over TLS" if args.tls else "")
     print(table(summary))
+    print(f"\nCPU time taken by the hypervisor during the run: {stolen_share(ticks_at_start):.0%}")
     for party, seen in negotiated.items():
         print(f"TLS, {party} to Chert: {', '.join(seen)}")
     print(f"\nwritten: {RESULTS / (name + '-latest.json')}, {RESULTS / (name + '-latest.png')}")

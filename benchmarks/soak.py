@@ -46,7 +46,17 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import CHAT_ID, MIB, PNG_MAGIC, RESULTS, free_port, start, wait_listening
+from bench import (
+    CHAT_ID,
+    MIB,
+    PNG_MAGIC,
+    RESULTS,
+    cpu_ticks,
+    free_port,
+    start,
+    stolen_share,
+    wait_listening,
+)
 
 from gateway.ops import procstat
 
@@ -290,6 +300,7 @@ async def main(argv: list[str]) -> int:
             connector = aiohttp.TCPConnector(limit=0)
             async with aiohttp.ClientSession(connector=connector) as http:
                 load = Load(http, f"http://127.0.0.1:{port}")
+                ticks_at_start = cpu_ticks()
                 started = time.monotonic()
                 until = started + 60 * args.minutes
                 samples: list[dict[str, float]] = []
@@ -311,6 +322,7 @@ async def main(argv: list[str]) -> int:
             for proc in procs:
                 proc.wait(timeout=30)
     report = summarize(samples, args, load.tally, injected, extra)
+    report["cpu_stolen_share"] = round(stolen_share(ticks_at_start), 3)
     (RESULTS / f"{args.name}-latest.json").write_text(json.dumps(report, indent=2))
     plot(
         samples,
