@@ -217,7 +217,17 @@ async def faults(http: aiohttp.ClientSession, chert: str, until: float) -> int:
     return injected
 
 
-def sample(pid: int, started: float, requests: int) -> dict[str, float]:
+async def remembered(http: aiohttp.ClientSession, ops: str) -> float:
+    """How many answers the gateway's idempotency store holds, from /metrics."""
+    async with http.get(f"{ops}/metrics") as response:
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith("chert_gateway_idempotency_entries "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def sample(pid: int, started: float, requests: int, entries: float) -> dict[str, float]:
     return {
         "t": time.monotonic() - started,
         "rss_mib": procstat.status_bytes("VmRSS", pid) / MIB,
@@ -230,6 +240,7 @@ def sample(pid: int, started: float, requests: int) -> dict[str, float]:
             )
         ),
         "requests": requests,
+        "idempotency_entries": entries,
     }
 
 
@@ -247,12 +258,12 @@ def plot(samples: list[dict[str, float]], warm_up: float, target: Path, title: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(8, 9), sharex=True)
     ts = [s["t"] / 60 for s in samples]
     for ax, key, label in zip(
         axes,
-        ("rss_mib", "open_files", "threads"),
-        ("RSS (MiB)", "open files", "threads"),
+        ("rss_mib", "idempotency_entries", "open_files", "threads"),
+        ("RSS (MiB)", "remembered answers", "open files", "threads"),
         strict=True,
     ):
         ax.plot(ts, [s[key] for s in samples], color="#2b6cb0")
@@ -305,9 +316,15 @@ async def main(argv: list[str]) -> int:
                 until = started + 60 * args.minutes
                 samples: list[dict[str, float]] = []
 
+                ops = f"http://127.0.0.1:{ops_port}"
+
+                async def one_sample() -> dict[str, float]:
+                    entries = await remembered(http, ops)
+                    return sample(gateway_pid, started, load.tally.requests, entries)
+
                 async def sampler() -> None:
                     while time.monotonic() < until:
-                        samples.append(sample(gateway_pid, started, load.tally.requests))
+                        samples.append(await one_sample())
                         await asyncio.sleep(SAMPLE_EVERY_S)
 
                 injected, *_ = await asyncio.gather(
@@ -315,7 +332,7 @@ async def main(argv: list[str]) -> int:
                     sampler(),
                     *(caller(load, until) for _ in range(args.callers)),
                 )
-                samples.append(sample(gateway_pid, started, load.tally.requests))
+                samples.append(await one_sample())
         finally:
             for proc in procs:
                 proc.terminate()
@@ -363,6 +380,7 @@ def summarize(
             "growth_after_warm_up": round(samples[-1]["rss_mib"] - after[0]["rss_mib"], 1),
             "slope_second_half_mib_per_min": round(slope_mib_per_min(second_half), 2),
         },
+        "idempotency_entries_end": samples[-1]["idempotency_entries"],
         "open_files": {
             "min": min(s["open_files"] for s in after),
             "max": max(s["open_files"] for s in after),

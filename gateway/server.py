@@ -28,6 +28,7 @@ from gateway.api.admission import Admission
 from gateway.api.app import create_app, create_ops_app, refusal_recorder
 from gateway.api.http_protocol import GatewayRunner
 from gateway.api.keys import METRICS
+from gateway.ops import tuning
 from gateway.ops.config import ListenAddress, Settings
 from gateway.ops.credentials import Credential
 from gateway.ops.metrics import Metrics
@@ -140,7 +141,8 @@ async def serve(
         if on_ready is not None:
             on_ready(running)
 
-        await stop.wait()
+        async with tuning.trim_malloc_every():
+            await stop.wait()
         admission.start_draining()
         log.info(
             "draining",

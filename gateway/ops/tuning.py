@@ -1,7 +1,7 @@
 """Process tuning applied when the gateway starts serving: the event loop
-(`event_loop_factory`), malloc (`tune_malloc`) and the garbage collector
-(`tune_gc`); and the socket read size of an upload's connection
-(`read_size`).
+(`event_loop_factory`), malloc (`tune_malloc`, `trim_malloc_every`) and the
+garbage collector (`tune_gc`); and the socket read size of an upload's
+connection (`read_size`).
 
 glibc's malloc: by default its mmap threshold adapts upwards as buffers
 are freed, so the relay's per-chunk buffers churn through brk/trim and page
@@ -9,7 +9,14 @@ faults. A fixed mmap threshold (4 MiB) with a 64 MiB trim threshold removes
 them; what that gains is in docs/performance.md. This is what
 MALLOC_MMAP_THRESHOLD_=4194304 and MALLOC_TRIM_THRESHOLD_=67108864 do,
 applied with mallopt() so that every way of starting the gateway gets it.
-An operator's own MALLOC_* variables win.
+
+The price of the high trim threshold is memory that is free but kept: under
+a long mixed load RSS crept up by megabytes a minute. So the gateway gives
+free pages back itself, on a timer rather than on every free():
+malloc_trim(0) every TRIM_EVERY_SECONDS returns what is free in every arena,
+and MALLOC_ARENA_MAX=2 keeps the threads (hashing, file I/O) from each
+growing an arena of their own (docs/performance.md, "Memory over weeks").
+An operator's own MALLOC_* variables win over all of it.
 """
 
 from __future__ import annotations
@@ -19,14 +26,21 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import logging
 import os
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
 TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
+ARENA_MAX = 2
+TRIM_EVERY_SECONDS = 10.0
 GC_GEN0_THRESHOLD = 50_000
+
+log = logging.getLogger("chert_gateway")
 
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -43,23 +57,58 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     return factory
 
 
-def tune_malloc() -> bool:
-    """Apply the malloc thresholds; False where glibc is absent or overridden."""
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, when this process runs on it and the operator set no MALLOC_*."""
     if any(name.startswith("MALLOC_") for name in os.environ):
-        return False
+        return None
     name = ctypes.util.find_library("c")
     if name is None:
-        return False
+        return None
     try:
         libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):  # not glibc (musl has neither)
+        return None
+    return libc
+
+
+def tune_malloc() -> bool:
+    """Apply the malloc thresholds and the arena cap; False where glibc is
+    absent or overridden. Call before any thread starts."""
+    libc = _glibc()
+    if libc is None:
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    mmap_set: int = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-    trim_set: int = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
-    return mmap_set == 1 and trim_set == 1
+    settings = (
+        (M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
+        (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
+        (M_ARENA_MAX, ARENA_MAX),
+    )
+    return all(libc.mallopt(param, value) == 1 for param, value in settings)
+
+
+@contextlib.asynccontextmanager
+async def trim_malloc_every(seconds: float = TRIM_EVERY_SECONDS) -> AsyncIterator[None]:
+    """While inside, give free heap pages back to the system every `seconds`."""
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+
+    async def trim() -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            started = time.perf_counter()
+            libc.malloc_trim(0)
+            log.debug("malloc_trim took %.1f ms", 1000 * (time.perf_counter() - started))
+
+    task = asyncio.get_running_loop().create_task(trim(), name="malloc-trim")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def tune_gc() -> None:
