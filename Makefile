@@ -50,7 +50,7 @@ bench-quick: $(BENCH_STAMP)
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || scripts/install-nginx.sh
 	$(BIN)/python benchmarks/bench.py --quick
 
-## soak: 10 minutes of mixed load; the gateway's RSS, open files and threads over time
+## soak: 15 minutes of mixed load; the gateway's RSS, open files and threads over time
 soak: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/soak.py
 
