@@ -44,6 +44,9 @@ def test_defaults_match_the_spec() -> None:
         ({"CHERT_SIGNING_SECRET_FILE": "/no/such/file"}, "CHERT_SIGNING_SECRET"),
         ({"CHERT_SIGNING_SECRET": ""}, "CHERT_SIGNING_SECRET"),
         ({"GATEWAY_EVENT_LOOP": "auto"}, "GATEWAY_EVENT_LOOP"),
+        ({"GATEWAY_SHA256_THREADS": "many"}, "GATEWAY_SHA256_THREADS"),
+        ({"GATEWAY_SHA256_THREADS": "65"}, "GATEWAY_SHA256_THREADS"),
+        ({"GATEWAY_SHA256_THREADS": "-1"}, "GATEWAY_SHA256_THREADS"),
     ],
 )
 def test_a_bad_value_names_its_variable_in_one_line(env: dict[str, str], variable: str) -> None:
@@ -110,3 +113,8 @@ def test_tokens_match_any_listed_value_and_never_show_in_repr() -> None:
     assert not tokens.matches("delta", now=0.0)
     assert not tokens.matches("", now=0.0)
     assert "alpha" not in repr(tokens)
+
+
+@pytest.mark.parametrize(("raw", "kept"), [("auto", "auto"), ("0", "0"), ("4", "4"), ("", "auto")])
+def test_hashing_threads_are_auto_or_a_number(raw: str, kept: str) -> None:
+    assert Settings.from_env({**BASE, "GATEWAY_SHA256_THREADS": raw}).sha256_threads == kept

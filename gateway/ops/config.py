@@ -230,7 +230,7 @@ def _positive_int(raw: str) -> int:
 
 
 def _threads(raw: str) -> str:
-    """ "auto", or a whole number of threads from 0 to 64."""
+    """`auto`, or a whole number of threads from 0 to 64."""
     if raw == "auto":
         return raw
     try:
