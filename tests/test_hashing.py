@@ -83,9 +83,10 @@ async def test_digests_stay_exact_when_uploads_beside_them_fail_mid_stream(
 @given(
     chunks=st.lists(st.binary(min_size=0, max_size=40_000), max_size=30),
     backlog=st.integers(min_value=1, max_value=100_000),
+    thread_backlog=st.integers(min_value=1, max_value=200_000),
 )
 def test_a_threaded_digest_is_hashlibs_whatever_the_chunks_and_backlog(
-    chunks: list[bytes], backlog: int
+    chunks: list[bytes], backlog: int, thread_backlog: int
 ) -> None:
     async def digest() -> str | None:
         threaded = Hashing(1)
@@ -99,11 +100,12 @@ def test_a_threaded_digest_is_hashlibs_whatever_the_chunks_and_backlog(
         finally:
             threaded.stop()
 
-    previous, hashing.BACKLOG_BYTES = hashing.BACKLOG_BYTES, backlog
+    previous = hashing.BACKLOG_BYTES, hashing.THREAD_BACKLOG_BYTES
+    hashing.BACKLOG_BYTES, hashing.THREAD_BACKLOG_BYTES = backlog, thread_backlog
     try:
         assert asyncio.run(digest()) == hashlib.sha256(b"".join(chunks)).hexdigest()
     finally:
-        hashing.BACKLOG_BYTES = previous
+        hashing.BACKLOG_BYTES, hashing.THREAD_BACKLOG_BYTES = previous
 
 
 async def test_small_bodies_and_disabled_hashing_stay_on_the_loop() -> None:
@@ -176,3 +178,38 @@ def test_a_v1_quota_caps_the_cpus_and_no_quota_leaves_the_affinity(tmp_path: Pat
     )
     assert usable_cpus(root, proc) == affinity
     assert usable_cpus(tmp_path / "nowhere", tmp_path / "missing") == affinity
+
+
+def test_what_waits_for_a_hashing_thread_is_bounded_whatever_the_uploads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each upload stops handing over chunks while the thread is behind, so
+    the chunks held for it stay within its bound plus one per upload."""
+    chunk, uploads = 64 * 1024, 6
+    monkeypatch.setattr(hashing, "BACKLOG_BYTES", 4 * chunk)
+    monkeypatch.setattr(hashing, "THREAD_BACKLOG_BYTES", 8 * chunk)
+    seen: list[int] = []
+
+    async def run() -> list[str | None]:
+        threaded = Hashing(1)
+        try:
+            bodies = [threaded.digest(size=None) for _ in range(uploads)]
+            worker = threaded._workers[0]
+
+            async def feed(body: hashing.BodyDigest) -> str | None:
+                for _ in range(200):
+                    body.update(bytes(chunk))
+                    seen.append(worker.queued)
+                    if body.behind():
+                        await body.caught_up()
+                    await asyncio.sleep(0)
+                return await body.hexdigest()
+
+            return await asyncio.gather(*(feed(body) for body in bodies))
+        finally:
+            threaded.stop()
+
+    digests = asyncio.run(run())
+    assert digests == [hashlib.sha256(bytes(chunk * 200)).hexdigest()] * uploads
+    assert max(seen) <= hashing.THREAD_BACKLOG_BYTES + uploads * chunk
+    assert max(seen) > hashing.THREAD_BACKLOG_BYTES // 2  # the bound was approached

@@ -12,7 +12,8 @@ is a loop wake-up per chunk (an executor call per chunk measured worse than
 inline): chunks go to the hashing thread through a SimpleQueue, and the loop
 is woken only when it waits for a digest the thread has not finished, or
 for the thread to catch up when one upload's backlog passes
-`BACKLOG_BYTES` (which bounds what the queue holds). A chunk in the queue
+`BACKLOG_BYTES` or a thread's passes `THREAD_BACKLOG_BYTES` (which bound
+what the queues hold, whatever the number of uploads). A chunk in the queue
 is the caller's own bytes object: it is released when both the PUT and the
 hash are done with it. Small bodies hash inline: handing them over costs
 more than it saves (docs/performance.md).
@@ -36,7 +37,9 @@ log = logging.getLogger("chert_gateway")
 THREAD_MIN_BYTES = 1024 * 1024
 # What one upload may have queued for its hashing thread before the loop
 # waits for it to catch up.
-BACKLOG_BYTES = 8 * 1024 * 1024
+BACKLOG_BYTES = 2 * 1024 * 1024
+# What one hashing thread may have queued, from every upload it serves.
+THREAD_BACKLOG_BYTES = 8 * 1024 * 1024
 MAX_THREADS = 4
 
 
@@ -188,6 +191,8 @@ class _Worker:
 
     def __init__(self) -> None:
         self.queue: queue.SimpleQueue[tuple[_ThreadedDigest, bytes] | None] = queue.SimpleQueue()
+        self.queued = 0  # bytes queued by every upload it serves, not yet hashed
+        self.lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
         self._thread.start()
 
@@ -220,13 +225,20 @@ class _ThreadedDigest:
     def update(self, chunk: bytes) -> None:
         with self._lock:
             self._queued += len(chunk)
+        with self._worker.lock:
+            self._worker.queued += len(chunk)
         self._worker.queue.put((self, chunk))
 
     def behind(self) -> bool:
-        return self._queued > BACKLOG_BYTES
+        return self._queued > BACKLOG_BYTES or (
+            self._queued > 0 and self._worker.queued > THREAD_BACKLOG_BYTES
+        )
 
     async def caught_up(self) -> None:
-        await self._until(BACKLOG_BYTES // 2)
+        """Until this body's backlog is down to half its bound, or gone when
+        the thread as a whole is the one behind."""
+        thread_behind = self._worker.queued > THREAD_BACKLOG_BYTES
+        await self._until(0 if thread_behind else BACKLOG_BYTES // 2)
 
     async def hexdigest(self) -> str | None:
         await self._until(0)
@@ -247,6 +259,8 @@ class _ThreadedDigest:
         """On the worker thread."""
         if not self._abandoned:
             self._hash.update(chunk)
+        with self._worker.lock:
+            self._worker.queued -= len(chunk)
         with self._lock:
             self._queued -= len(chunk)
             waiter = self._waiter
