@@ -288,9 +288,14 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--warm-up", type=float, default=60.0, help="seconds (default 60)")
     parser.add_argument("--callers", type=int, default=16, help="requests at once")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--no-keys", action="store_true", help="no Idempotency-Key requests: the store stays empty"
+    )
     parser.add_argument("--name", default="soak", help="results file name (default soak)")
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.gateway_env)
+    if args.no_keys:
+        KINDS["keyed"] = 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     gateway_bin = str(Path(sys.executable).parent / "chert-gateway")
     chert_port, port, ops_port = free_port(), free_port(), free_port()
@@ -369,6 +374,7 @@ def summarize(
     return {
         "minutes": args.minutes,
         "callers": args.callers,
+        "kinds": KINDS,
         "gateway_env": extra,
         "requests": tally.requests,
         "requests_per_s": round(tally.requests / elapsed, 1),
