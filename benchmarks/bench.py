@@ -101,6 +101,9 @@ class Run:
     bytes: int
     uploads: int
     peak_rss_over_idle: int | None = None
+    # The peak itself: with free pages handed back while idle (ops/tuning.py),
+    # "over idle" counts pages that are faulted in again, so both are shown.
+    peak_rss: int | None = None
     cpu_seconds: float | None = None
     # CPU of Chert's side and of this load generator: what shares the cores.
     sink_cpu_seconds: float = 0.0
@@ -475,6 +478,7 @@ class LoadGenerator:
             bytes=workload.size * workload.count,
             uploads=workload.count,
             peak_rss_over_idle=(peak(pids) - idle_rss) if idle_rss is not None else None,
+            peak_rss=peak(pids) if pids else None,
             cpu_seconds=(cpu_seconds(pids) - cpu_before) if cpu_before is not None else None,
             sink_cpu_seconds=cpu_seconds(sink) - sink_before,
             load_cpu_seconds=time.process_time() - load_before,
@@ -500,6 +504,7 @@ def summarize(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
         for path, runs in by_path.items():
             uploads = [t for run in runs for t in run.per_upload]
             rss = [r.peak_rss_over_idle for r in runs if r.peak_rss_over_idle is not None]
+            peaks = [r.peak_rss for r in runs if r.peak_rss is not None]
             # CPU time is read in clock ticks (10 ms): over all rounds
             # together, not as a median of per-round figures a few ticks long.
             timed = [r for r in runs if r.cpu_seconds is not None]
@@ -511,6 +516,7 @@ def summarize(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
                 "p50_s": percentile(uploads, 0.5),
                 "p99_s": percentile(uploads, 0.99),
                 "peak_rss_over_idle_mib": max(rss) / MIB if rss else None,
+                "peak_rss_mib": max(peaks) / MIB if peaks else None,
                 "cpu_s_per_gb": (
                     sum(r.cpu_seconds or 0.0 for r in timed) / cpu_gb if timed else None
                 ),
@@ -535,8 +541,8 @@ def table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
         return "–" if value is None else format(value, spec)
 
     lines = [
-        "| workload | path | MB/s | uploads/s | p50 s | p99 s | peak RSS over idle | CPU s/GB "
-        "| CPU ms/upload | cores busy (relay / sink / load) |",
+        "| workload | path | MB/s | uploads/s | p50 s | p99 s | peak RSS over idle (peak) "
+        "| CPU s/GB | CPU ms/upload | cores busy (relay / sink / load) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for workload, by_path in summary.items():
@@ -544,7 +550,7 @@ def table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
             rss = (
                 "–"
                 if s["peak_rss_over_idle_mib"] is None
-                else f"{s['peak_rss_over_idle_mib']:.1f} MiB"
+                else f"{s['peak_rss_over_idle_mib']:.1f} MiB ({s['peak_rss_mib']:.0f})"
             )
             lines.append(
                 f"| {workload} | {path} | {s['mb_per_s']:.0f} | {s['uploads_per_s']:.1f} | "
