@@ -15,8 +15,8 @@ for the thread to catch up when one upload's backlog passes
 `BACKLOG_BYTES` or a thread's passes `THREAD_BACKLOG_BYTES` (which bound
 what the queues hold, whatever the number of uploads). A chunk in the queue
 is the caller's own bytes object: it is released when both the PUT and the
-hash are done with it. Small bodies hash inline: handing them over costs
-more than it saves (docs/performance.md).
+hash are done with it. Bodies under THREAD_MIN_BYTES hash inline: for a
+small body the hand-over costs more than the hash (docs/performance.md).
 """
 
 from __future__ import annotations
