@@ -23,7 +23,7 @@ idempotency on the send still holds.
 An entry is kept compact, because a full store lives in a sidecar's memory
 limit for as long as the process runs: the answer and its log fields as the
 JSON bytes they are sent and logged as, and the two prints as 32-byte
-digests (`_digest`), in slotted objects: about 1.3 KB each with a typical
+digests (`_digest`), in slotted objects: about 1.25 KB each with a typical
 answer (docs/deploy.md counts the full store in the memory budget).
 """
 
