@@ -236,13 +236,7 @@ def sample(pid: int, started: float, requests: int, entries: float) -> dict[str,
         "t": time.monotonic() - started,
         "rss_mib": procstat.status_bytes("VmRSS", pid) / MIB,
         "open_files": len(os.listdir(f"/proc/{pid}/fd")),
-        "threads": int(
-            next(
-                line.split()[1]
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                if line.startswith("Threads:")
-            )
-        ),
+        "threads": procstat.status_value("Threads", pid),
         "requests": requests,
         "idempotency_entries": entries,
     }
