@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from gateway.api import hashing
 from gateway.api.hashing import Hashing, usable_cpus
+from gateway.api.keys import HASHING
 from gateway.simulator import ChertSimulator
 from tests.conftest import GatewayFactory
 from tests.gateway_calls import send
@@ -38,6 +39,7 @@ async def test_every_answer_has_the_digest_of_what_chert_stored(
     make_gateway: GatewayFactory, simulator: ChertSimulator, threads: str
 ) -> None:
     client = await make_gateway(GATEWAY_SHA256_THREADS=threads)
+    assert client.server.app[HASHING].threads == int(threads)  # type: ignore[union-attr]
     # Below and above the size that goes to the thread, several at once so
     # one thread hashes pieces of several bodies in turn.
     bodies = [PNG_MAGIC + os.urandom(size) for size in (1, 70_000, 3_000_000, 5_500_000)]
