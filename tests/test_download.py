@@ -70,3 +70,17 @@ async def test_upload_only_takes_put_like_curl_t(gateway: TestClient[Any, Any]) 
         "/v1/attachments", data=io.BytesIO(png_bytes(1000)), headers={"Content-Type": "image/png"}
     )
     assert response.status == 201
+
+
+async def test_a_download_carries_the_request_id_though_its_headers_go_first(
+    gateway: TestClient[Any, Any],
+) -> None:
+    attachment_id = await upload(gateway, png_bytes(300_000))
+    path = f"/v1/attachments/{attachment_id}/content"
+    response = await gateway.get(path, headers={"X-Request-ID": "caller-chose-this"})
+    assert response.status == 200
+    assert response.headers["X-Request-ID"] == "caller-chose-this"
+    await response.read()
+    response = await gateway.get(path)
+    assert len(response.headers["X-Request-ID"]) == 32  # one of the gateway's own
+    await response.read()

@@ -34,6 +34,7 @@ from gateway.api.keys import (
     METRICS,
     OUTCOME_KEY,
     PIPELINE,
+    REQUEST_ID_KEY,
     SETTINGS,
     SPOOL,
 )
@@ -122,7 +123,7 @@ def error_response(error: GatewayError, request: web.Request, request_id: str) -
 
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = _request_id(request)
+    request_id = request[REQUEST_ID_KEY] = _request_id(request)
     started = time.perf_counter()
     error: GatewayError | None = None
     try:
@@ -136,11 +137,18 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         error = GatewayError("unexpected error in the gateway; see its log for request_id")
     if error is not None:
         response = error_response(error, request, request_id)
-    response.headers["X-Request-ID"] = request_id
     _record(request, response, error, request_id, time.perf_counter() - started)
     if error is not None:
         _release_frames(error)
     return response
+
+
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every answer carries X-Request-ID, a streamed
+    download (whose headers go before its handler returns) included."""
+    request_id = request.get(REQUEST_ID_KEY)
+    if request_id is not None:
+        response.headers["X-Request-ID"] = request_id
 
 
 def _release_frames(error: BaseException) -> None:
@@ -306,6 +314,7 @@ def create_app(
     spool.sweep()
     metrics.spool_used.set_function(lambda: spool.used)
     metrics.idempotency_entries.set_function(lambda: len(idempotency))
+    app.on_response_prepare.append(_add_request_id)
     app.cleanup_ctx.append(_hashing)
     app.cleanup_ctx.append(_chert_client)
     handlers.add_routes(app)

@@ -24,5 +24,8 @@ SPOOL = web.AppKey("spool", Spool)
 HASHING = web.AppKey("hashing", Hashing)
 
 OUTCOME_KEY = web.RequestKey("gateway_outcome", str)
+# The request's id, given to every answer as it is prepared: a streamed one
+# sends its headers before the middleware sees it again.
+REQUEST_ID_KEY = web.RequestKey("gateway_request_id", str)
 # What the access log line says of a request beyond method, route and status.
 LOG_FIELDS_KEY = web.RequestKey("gateway_log_fields", dict)
