@@ -1,16 +1,17 @@
 """Same-run benchmark: uploading to Chert directly, through the gateway, and
 through nginx, over the same files, alternately, on loopback.
 
-Each party is its own OS process: the Chert simulator (`simulate --discard`:
-it hashes nothing, stores nothing), the gateway as users run it
-(`chert-gateway serve`, once with SHA-256 and once without), Debian's nginx
-in front of the simulator's upload route, and this script as the load
-generator (aiohttp, keep-alive, bodies written in 64 KiB pieces as curl
-writes them).
+Each party is its own OS process: Chert's side (benchmarks/sink.py by
+default: the three calls answered by a bare asyncio protocol, the PUT's
+body counted and dropped; or, with --sink simulator, `simulate --discard`),
+the gateway as users run it (`chert-gateway serve`, once with SHA-256 and
+once without), Debian's nginx in front of Chert's upload route, and this
+script as the load generator (aiohttp, keep-alive, bodies written in 64 KiB
+pieces as curl writes them).
 
 Paths, run one after another for each workload and round (A, B, C, D, A, …),
 so the machine's drift hits all alike:
-  direct         the three Chert calls, straight to the simulator
+  direct         the three Chert calls, straight to Chert's side
   gateway        one request per file to the gateway (SHA-256 on, the default)
   gateway-nosha  the same with GATEWAY_SHA256=false
   nginx          the three calls, the PUT through nginx (request buffering off)
@@ -20,15 +21,18 @@ so the machine's drift hits all alike:
 
 Figures per path and workload: aggregate MB/s, uploads/s, p50/p99 seconds
 per upload, and for the relays (gateways, nginx, minimal relay) peak RSS
-over idle and CPU seconds per GB relayed. Medians over the rounds (CPU: all rounds' CPU time
-over all rounds' bytes, as /proc counts it in 10 ms ticks); ratios are of
-medians measured in this same run.
+(over idle, and itself) and CPU seconds per GB and per upload; for every
+path, the cores the relay, Chert's side and the load generator kept busy.
+Medians over the rounds (CPU: all rounds' CPU time over all rounds' bytes,
+as /proc counts it in 10 ms ticks); ratios are of medians measured in this
+same run. The report also says what share of the machine's CPU time the
+hypervisor took during the run.
 
     python benchmarks/bench.py            # 5 rounds, the full workloads (minutes)
     python benchmarks/bench.py --quick    # 2 rounds, small workloads (under a minute)
     python benchmarks/bench.py --tls      # the production leg: Chert over verified TLS
 
-With --tls the simulator serves HTTPS (a throwaway CA, trustme), every path
+With --tls Chert's side serves HTTPS (a throwaway CA, trustme), every path
 verifies it (the gateway through CHERT_CA_FILE; nginx with
 `proxy_pass https://`, `proxy_ssl_verify on`, session reuse and keep-alive),
 and the report names the TLS version and cipher each party negotiated.
