@@ -115,6 +115,6 @@ def test_tokens_match_any_listed_value_and_never_show_in_repr() -> None:
     assert "alpha" not in repr(tokens)
 
 
-@pytest.mark.parametrize(("raw", "kept"), [("auto", "auto"), ("0", "0"), ("4", "4"), ("", "auto")])
-def test_hashing_threads_are_auto_or_a_number(raw: str, kept: str) -> None:
+@pytest.mark.parametrize(("raw", "kept"), [("auto", None), ("0", 0), ("4", 4), ("", None)])
+def test_hashing_threads_are_auto_or_a_number(raw: str, kept: int | None) -> None:
     assert Settings.from_env({**BASE, "GATEWAY_SHA256_THREADS": raw}).sha256_threads == kept

@@ -122,8 +122,8 @@ async def test_small_bodies_and_disabled_hashing_stay_on_the_loop() -> None:
 
 def test_the_choice_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "chert_gateway")
-    assert Hashing.start("0").threads == 0
-    assert Hashing.start("2").threads == 2
+    assert Hashing.start(0).threads == 0
+    assert Hashing.start(2).threads == 2
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("SHA-256 inline on the event loop") for m in messages)
     assert any(m.startswith("SHA-256 on 2 thread(s)") for m in messages)
@@ -132,7 +132,7 @@ def test_the_choice_is_logged(caplog: pytest.LogCaptureFixture) -> None:
 def test_auto_uses_one_thread_less_than_the_usable_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     for cpus, threads in ((1.0, 0), (1.5, 0), (2.0, 1), (3.0, 2), (64.0, hashing.MAX_THREADS)):
         monkeypatch.setattr(hashing, "usable_cpus", lambda cpus=cpus: cpus)
-        assert Hashing.start("auto").threads == threads
+        assert Hashing.start(None).threads == threads
 
 
 def cgroup_tree(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple[Path, Path]:

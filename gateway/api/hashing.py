@@ -68,11 +68,12 @@ class Hashing:
         self._next = 0
 
     @classmethod
-    def start(cls, setting: str) -> Hashing:
-        """From GATEWAY_SHA256_THREADS: "auto", or a number of threads (0: inline)."""
+    def start(cls, threads: int | None) -> Hashing:
+        """From GATEWAY_SHA256_THREADS: a number of threads (0: inline), or
+        None for one less than the usable CPUs, at most MAX_THREADS."""
         cpus = usable_cpus()
-        auto = min(MAX_THREADS, max(0, int(cpus) - 1))
-        threads = auto if setting == "auto" else int(setting)
+        if threads is None:
+            threads = min(MAX_THREADS, max(0, int(cpus) - 1))
         hashing = cls(threads)
         if threads:
             log.info(

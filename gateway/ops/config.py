@@ -161,7 +161,7 @@ class Settings:
     client_timeout: float
     drain_seconds: float
     sha256: bool = True
-    sha256_threads: str = "auto"
+    sha256_threads: int | None = None  # None: auto (hashing.Hashing.start)
     event_loop: str = "asyncio"
     simulate: bool = False
 
@@ -229,17 +229,17 @@ def _positive_int(raw: str) -> int:
     return value
 
 
-def _threads(raw: str) -> str:
-    """`auto`, or a whole number of threads from 0 to 64."""
+def _threads(raw: str) -> int | None:
+    """`auto` (None), or a whole number of threads from 0 to 64."""
     if raw == "auto":
-        return raw
+        return None
     try:
         value = int(raw)
     except ValueError:
         raise ValueError(f"expected auto or a number of threads, got {raw!r}") from None
     if not 0 <= value <= 64:
         raise ValueError(f"must be auto or from 0 to 64, got {value}")
-    return str(value)
+    return value
 
 
 def _upload_limit(raw: str) -> int:
