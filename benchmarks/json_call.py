@@ -50,37 +50,25 @@ Call = Callable[[], Awaitable[dict[str, Any]]]
 
 @asynccontextmanager
 async def gateway_client(base: str) -> AsyncIterator[Call]:
-    from gateway.api.app import CHERT_KEEPALIVE_SECONDS
-    from gateway.chert import egress, pool
-    from gateway.chert.client import ChertClient
-    from gateway.chert.redact import Redactor
-    from gateway.ops.credentials import Credential
-    from gateway.ops.metrics import Metrics
+    """The ChertClient the gateway's app builds, with its session and pool."""
+    from gateway.api.app import create_app
+    from gateway.api.keys import CHERT
+    from gateway.ops.config import Settings
 
-    connector = pool.ChertConnector(limit=192, keepalive_timeout=CHERT_KEEPALIVE_SECONDS)
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
-        headers={hdrs.USER_AGENT: "chert-gateway/bench"},
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-    ) as session:
-        secret = Credential(inline=SECRET)
-        chert = ChertClient(
-            session,
-            URL(base),
-            secret,
-            timeout=30,
-            observer=Metrics(),
-            redactor=Redactor([secret]),
-            egress=egress.egress_for(URL(base)),
-        )
+    settings = Settings.from_env({"CHERT_API_URL": base, "CHERT_SIGNING_SECRET": SECRET})
+    app = create_app(settings)
+    app.freeze()
+    await app.startup()  # runs the app's cleanup contexts: the Chert session
+    try:
+        chert = app[CHERT]
 
         async def call() -> dict[str, Any]:
             slot = await chert.create_attachment("a.png", "image/png", 65536)
             return {"attachment_id": slot.attachment_id}
 
         yield call
+    finally:
+        await app.cleanup()
 
 
 @asynccontextmanager
