@@ -27,8 +27,8 @@ from gateway.ops.config import OPTIONS, ConfigError, Settings, parse_listen
 from gateway.server import RUNNER_OPTIONS, Running, serve, start_site
 from gateway.simulator import ChertSimulator
 from gateway.simulator import tls as simulator_tls
-from gateway.simulator.app import DOCS_CHAT_ID
 from gateway.simulator.idle import DROP_WAYS
+from gateway.simulator.state import DOCS_CHAT_ID
 
 EXAMPLE_FILE = Path(__file__).parent / "examples" / "hello.png"
 

@@ -20,7 +20,7 @@ from gateway.client.commands import MIB, progress_bar
 from gateway.ops import procstat
 from gateway.ops.config import Settings
 from gateway.server import Running, serve
-from gateway.simulator.app import DOCS_CHAT_ID
+from gateway.simulator.state import DOCS_CHAT_ID
 
 
 def add_demo_command(commands: Any) -> None:

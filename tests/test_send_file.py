@@ -438,3 +438,15 @@ async def test_sha256_can_be_turned_off(
     assert status == 201
     assert answer["sha256"] is None
     assert len(simulator.state.messages) == 1
+
+
+async def test_a_chat_chert_does_not_know_is_the_callers_404(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator
+) -> None:
+    status, answer, _ = await send(gateway, png_bytes(1000), chat_id="wrong-chat-id")
+    assert status == 404, answer
+    assert answer["error"]["code"] == "not_found"
+    assert answer["error"]["chert_code"] == 1004
+    assert "POST /api/v1/chats" in answer["error"]["message"]
+    assert simulator.state.messages == []
+    assert len(simulator.state.requests_to("POST", "/messages")) == 1  # not retried

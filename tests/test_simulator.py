@@ -11,8 +11,9 @@ import pytest
 from aiohttp.test_utils import BaseTestServer
 
 from gateway.simulator import ChertSimulator
+from gateway.simulator.app import NOT_FOUND
 from tests.conftest import require_root
-from tests.constants import SECRET
+from tests.constants import CHAT_ID, SECRET
 
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 
@@ -190,3 +191,53 @@ async def test_an_idle_connection_is_forgotten_silently_then_reset(
         writer.close()
     # The request on the forgotten connection never reached the simulator.
     assert simulator.state.requests == []
+
+
+async def test_only_known_chats_take_messages(
+    http: aiohttp.ClientSession, chert_server: BaseTestServer
+) -> None:
+    """The documented example chat exists, a chat made with POST /api/v1/chats
+    exists, and any other id is Chert's 404 with a code."""
+    text = {"message": {"parts": [{"type": "text", "value": "hi"}]}}
+
+    async def send(chat_id: str) -> tuple[int, dict[str, Any]]:
+        url = chert_server.make_url(f"/api/v1/chats/{chat_id}/messages")
+        async with http.post(url, json=text, headers=AUTH) as response:
+            return response.status, await response.json()
+
+    status, answer = await send(CHAT_ID)
+    assert status == 200, answer
+    status, answer = await send("no-such-chat")
+    assert status == 404
+    assert answer["error"]["code"] == NOT_FOUND
+
+    create = {"to": ["+15551230000"], **text}
+    async with http.post(chert_server.make_url("/api/v1/chats"), json=create, headers=AUTH) as r:
+        assert r.status == 200
+        made = await r.json()
+    assert made["message"]["parts"] == text["message"]["parts"]
+    status, answer = await send(made["chat"]["id"])
+    assert status == 200, answer
+    assert answer["message"]["chat_id"] == made["chat"]["id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({}, 1003),
+        ({"to": "+15551230000"}, 1002),
+        (
+            {
+                "to": ["+15551230000", "+15551230001"],
+                "message": {"parts": [{"type": "rich_link", "url": "https://example.com/"}]},
+            },
+            1002,
+        ),
+    ],
+)
+async def test_a_chat_needs_recipients_and_a_group_starts_with_text(
+    http: aiohttp.ClientSession, chert_server: BaseTestServer, body: dict[str, Any], code: int
+) -> None:
+    async with http.post(chert_server.make_url("/api/v1/chats"), json=body, headers=AUTH) as r:
+        assert r.status == 400
+        assert (await r.json())["error"]["code"] == code

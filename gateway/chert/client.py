@@ -9,6 +9,7 @@ gateway's errors once, here:
     3xx                                  → UpstreamError (redirects are refused)
     429, 5xx but 4001, 3002, no answer   → UpstreamUnavailableError (retried first)
     1002, 1003 on the caller's content   → InvalidRequestError with chert_code (400)
+    404 for a chat or an attachment      → NotFoundError (404): the caller's id is wrong
     4001, other 4xx                      → UpstreamError with chert_code (never retried)
     Chert too slow                       → UpstreamTimeoutError (retried first)
 
@@ -639,6 +640,11 @@ def error_from_answer(
         )
     if status == 404 and operation in ("get_attachment", "download"):
         return NotFoundError(chert_message or "attachment not found", chert_code=chert_code)
+    if status == 404 and operation == "send_message":
+        return NotFoundError(
+            f"{detail}: Chert has no such chat; use the chat.id POST /api/v1/chats returned",
+            chert_code=chert_code,
+        )
     return UpstreamError(detail, chert_code=chert_code)
 
 

@@ -33,11 +33,15 @@ from yarl import URL
 from gateway.chert import media
 from gateway.chert.message_shape import SendBody, ShapeError, check_send_body
 from gateway.simulator.idle import IdleDropper
-from gateway.simulator.state import Attachment, Faults, RecordedRequest, SimulatorState
+from gateway.simulator.state import (
+    Attachment,
+    Faults,
+    RecordedRequest,
+    SimulatorState,
+)
 
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 # The chat id Chert's own pages use in their examples (send-follow-up-message.md).
-DOCS_CHAT_ID = "0f2d3c1a-8b4e-4f6a-90d2-1a3b4c5d6e7f"
 READ_CHUNK_BYTES = 256 * 1024
 
 # Chert's documented error codes (chert-api/attachments.md).
@@ -131,6 +135,7 @@ class ChertSimulator:
         app.router.add_put("/api/v1/attachments/{attachment_id}/upload", self.upload)
         app.router.add_get("/api/v1/attachments/{attachment_id}", self.get_attachment)
         app.router.add_get("/api/v1/attachments/{attachment_id}/content", self.get_content)
+        app.router.add_post("/api/v1/chats", self.create_chat)
         app.router.add_post("/api/v1/chats/{chat_id}/messages", self.send_message)
         app.router.add_get("/_simulator/faults", self.control_get_faults)
         app.router.add_post("/_simulator/faults", self.control_set_faults)
@@ -409,6 +414,34 @@ class ChertSimulator:
         # FileResponse streams from disk (sendfile where it can).
         return web.FileResponse(attachment.path, headers={"Content-Type": attachment.content_type})
 
+    # -- POST /api/v1/chats ---------------------------------------------------
+
+    async def create_chat(self, request: web.Request) -> web.Response:
+        """A chat with `to` (the recipients' handles), and optionally a first
+        message: text only for a group, as Chert's caveat says."""
+        self._authorize(request)
+        body = await self._json_body(request)
+        handles = body.get("to")
+        if not handles:
+            raise ChertError(400, MISSING_FIELD, "to: the recipients' handles are required")
+        if not isinstance(handles, list) or not all(isinstance(h, str) and h for h in handles):
+            raise ChertError(400, INVALID, "to must be a list of handles")
+        shape = None
+        if "message" in body:
+            try:
+                shape = check_send_body(body)
+            except ShapeError as exc:
+                raise ChertError(400, MISSING_FIELD if exc.missing else INVALID, str(exc)) from None
+            if len(handles) > 1 and any(p.get("type") != "text" for p in shape.parts):
+                raise ChertError(
+                    400, INVALID, "create the group with text first, then send media or links"
+                )
+            self._check_media(shape)
+        chat = {"id": str(uuid.uuid4()), "handles": handles, "created_at": _iso(time.time())}
+        self.state.chats[chat["id"]] = chat
+        first = self._record_message(chat["id"], shape.parts, body) if shape else None
+        return _json({"chat": chat, "message": first})
+
     # -- POST /api/v1/chats/{chat_id}/messages ------------------------------
 
     async def send_message(self, request: web.Request) -> web.Response:
@@ -416,6 +449,11 @@ class ChertSimulator:
         body = await self._json_body(request)
         if (canned := self._canned(request, "send")) is not None:
             return canned
+        chat_id = request.match_info["chat_id"]
+        if chat_id not in self.state.chats:
+            raise ChertError(
+                404, NOT_FOUND, f"chat {chat_id} not found; use a chat.id from POST /api/v1/chats"
+            )
         faults = self.faults
         if faults.send_delay_seconds:
             await asyncio.sleep(faults.send_delay_seconds)
@@ -435,9 +473,17 @@ class ChertSimulator:
             status = faults.fail_send_status or status
             retry_after = faults.retry_after_seconds if status in (429, 503) else None
             raise ChertError(status, code, text, retry_after=retry_after)
+        sent = self._record_message(chat_id, parts, body)
+        if key:
+            self.state.messages_by_key[key] = sent
+        return _json({"message": sent})
+
+    def _record_message(
+        self, chat_id: str, parts: list[dict[str, Any]], body: dict[str, Any]
+    ) -> dict[str, Any]:
         sent = {
             "id": uuid.uuid4().hex,
-            "chat_id": request.match_info["chat_id"],
+            "chat_id": chat_id,
             "parts": parts,
             "status": "sent",
             "direction": "outbound",
@@ -448,9 +494,7 @@ class ChertSimulator:
         }
         self.state.messages.append(sent)
         self.state.send_bodies.append(body)
-        if key:
-            self.state.messages_by_key[key] = sent
-        return _json({"message": sent})
+        return sent
 
     def _check_media(self, shape: SendBody) -> None:
         """What only Chert knows: is each attachment uploaded, is it an image?"""

@@ -10,6 +10,9 @@ from typing import Any
 
 from gateway.simulator.idle import DROP_WAYS, DropHow
 
+# The chat id Chert's pages use in their examples.
+DOCS_CHAT_ID = "0f2d3c1a-8b4e-4f6a-90d2-1a3b4c5d6e7f"
+
 
 @dataclass
 class Attachment:
@@ -109,9 +112,16 @@ class Faults:
         return dataclasses.asdict(self)
 
 
+def _documented_chats() -> dict[str, dict[str, Any]]:
+    """The chat Chert's own pages use in their examples: it always exists."""
+    return {DOCS_CHAT_ID: {"id": DOCS_CHAT_ID, "handles": [], "created_at": None}}
+
+
 @dataclass
 class SimulatorState:
     attachments: dict[str, Attachment] = field(default_factory=dict)
+    # chat id → the chat: the documented example, and those made by POST /api/v1/chats
+    chats: dict[str, dict[str, Any]] = field(default_factory=_documented_chats)
     # idempotency_key → the message answered the first time
     messages_by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
     messages: list[dict[str, Any]] = field(default_factory=list)
