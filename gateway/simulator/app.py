@@ -437,9 +437,10 @@ class ChertSimulator:
                     400, INVALID, "create the group with text first, then send media or links"
                 )
             self._check_media(shape)
-        chat = {"id": str(uuid.uuid4()), "handles": handles, "created_at": _iso(time.time())}
-        self.state.chats[chat["id"]] = chat
-        first = self._record_message(chat["id"], shape.parts, body) if shape else None
+        chat_id = str(uuid.uuid4())
+        chat = {"id": chat_id, "handles": handles, "created_at": _iso(time.time())}
+        self.state.chats[chat_id] = chat
+        first = self._record_message(chat_id, shape.parts, body) if shape else None
         return _json({"chat": chat, "message": first})
 
     # -- POST /api/v1/chats/{chat_id}/messages ------------------------------
