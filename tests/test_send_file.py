@@ -147,7 +147,6 @@ async def test_generic_or_aliased_types_are_resolved(
             415,
             "unsupported_media_type",
         ),
-        ({"content_type": None}, 415, "unsupported_media_type"),
         (
             {"content_type": "application/octet-stream", "params": {"filename": "x.exe"}},
             415,
@@ -450,3 +449,56 @@ async def test_a_chat_chert_does_not_know_is_the_callers_404(
     assert "POST /api/v1/chats" in answer["error"]["message"]
     assert simulator.state.messages == []
     assert len(simulator.state.requests_to("POST", "/messages")) == 1  # not retried
+
+
+@pytest.mark.parametrize("content_type", [None, "application/octet-stream"])
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_with_no_type_and_no_name_the_bytes_tell_the_type(
+    gateway: TestClient[Any, Any],
+    simulator: ChertSimulator,
+    content_type: str | None,
+    chunked: bool,
+) -> None:
+    """`curl -T invoice.pdf URL` sends neither a type nor a name."""
+    pdf = sample("application/pdf", 5000)
+    body: Any = io.BytesIO(pdf)
+    if chunked:
+
+        async def pieces() -> Any:
+            yield pdf
+
+        body = pieces()
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = await gateway.post(
+        f"/v1/chats/{CHAT_ID}/attachments",
+        data=body,
+        headers=headers,
+        skip_auto_headers=["Content-Type"],
+    )
+    answer = await response.json()
+    assert response.status == 201, answer
+    assert answer["content_type"] == "application/pdf"
+    assert answer["filename"] == "attachment.pdf"
+    (create,) = simulator.state.requests_to("POST", "/api/v1/attachments")
+    assert create.json["content_type"] == "application/pdf"
+
+
+async def test_a_name_without_extension_keeps_its_name_and_gets_the_bytes_type(
+    gateway: TestClient[Any, Any],
+) -> None:
+    status, answer, _ = await send(
+        gateway, sample("audio/m4a", 5000), content_type=None, params={"filename": "memo"}
+    )
+    assert status == 201, answer
+    assert (answer["filename"], answer["content_type"]) == ("memo", "audio/m4a")
+
+
+async def test_bytes_that_show_no_type_chert_takes_are_refused_before_chert(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator
+) -> None:
+    avif = b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(5000)
+    for body in (b"just some text, not a file Chert takes", avif):
+        status, answer, _ = await send(gateway, body, content_type=None)
+        assert status == 415, answer
+        assert "cannot tell the file's type" in answer["error"]["message"]
+    assert simulator.state.requests == []

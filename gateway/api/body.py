@@ -102,22 +102,23 @@ async def incoming(
     limits: BodyLimits,
     spool: Spool,
     recv_bytes: int,
-) -> AsyncIterator[HashedBody]:
-    """The caller's body: streamed through when its length is declared,
-    spooled to disk first when it is not (Chert needs the length). Either
-    way its first bytes must fit its type before Chert hears of it."""
+) -> AsyncIterator[tuple[FileMeta, HashedBody]]:
+    """The caller's body, and the file's name and type once its first bytes
+    are known: streamed through when its length is declared, spooled to disk
+    first when it is not (Chert needs the length). Either way its first bytes
+    must fit its type (or tell it) before Chert hears of it."""
     await send_continue(request)
     if size is None:
         async with spooled(request.content.read, meta, spool=spool, limits=limits) as body:
-            yield body
+            yield body.meta, body
         return
     streamed = CallerBody(
         request.content, size, client_timeout=limits.client_timeout, digest=limits.digest(size)
     )
     try:
         with tuning.read_size(request.transport, recv_bytes):
-            check_content(meta, await streamed.head(media.SNIFF_BYTES))
-            yield streamed
+            settled = settle_type(meta, await streamed.head(media.SNIFF_BYTES))
+            yield settled, streamed
     finally:
         streamed.close()
 
@@ -127,7 +128,8 @@ async def spooled(
     read: ReadFn, meta: FileMeta, *, spool: Spool, limits: BodyLimits
 ) -> AsyncIterator[SpooledBody]:
     """Spool the whole body, then refuse an empty file or one whose first
-    bytes contradict its type. The file lives as long as the context."""
+    bytes contradict its type (or, if it has none yet, do not show one).
+    The file lives as long as the context."""
     reader = CallerReader(read, client_timeout=limits.client_timeout)
     hasher = limits.digest()
     head = b""
@@ -146,13 +148,16 @@ async def spooled(
                 if hasher.behind():
                     await hasher.caught_up()
             if reader.received == 0:
-                raise InvalidRequestError(f"{meta.filename} is empty; send the file's bytes")
-            check_content(meta, head)
+                raise InvalidRequestError(
+                    f"{meta.filename or 'the file'} is empty; send the file's bytes"
+                )
+            settled = settle_type(meta, head)
             await file.flush()
             sha256 = await hasher.hexdigest()
         finally:
             hasher.abandon()  # a no-op once the digest is taken
         yield SpooledBody(
+            settled,
             file,
             reader.received,
             sha256,
@@ -179,12 +184,22 @@ async def digest(read: ReadFn, limits: BodyLimits) -> tuple[int, str]:
     return reader.received, sha256
 
 
-def check_content(meta: FileMeta, head: bytes) -> None:
-    """415 when the file's first bytes contradict its declared type."""
-    if not media.content_matches(meta.content_type, head):
+def settle_type(meta: FileMeta, head: bytes) -> FileMeta:
+    """The file's name and type given its first bytes: a declared type they
+    contradict is a 415, and a type left to them is the one they show."""
+    if not meta.from_content:
+        if not media.content_matches(meta.content_type, head):
+            raise UnsupportedMediaTypeError(
+                f"the content does not look like {meta.content_type}; send the file's real type"
+            )
+        return meta
+    shown = media.sniff(head)
+    if shown is None:
         raise UnsupportedMediaTypeError(
-            f"the content does not look like {meta.content_type}; send the file's real type"
+            "cannot tell the file's type from its name or its first bytes: send its "
+            f"Content-Type (Chert takes {', '.join(media.SUPPORTED_TYPES)})"
         )
+    return FileMeta(meta.filename or media.default_filename(shown), shown)
 
 
 async def send_continue(request: web.Request) -> None:
@@ -367,6 +382,7 @@ class SpooledBody:
 
     def __init__(
         self,
+        meta: FileMeta,
         source: SpoolFile,
         size: int,
         sha256: str | None,
@@ -374,6 +390,7 @@ class SpooledBody:
         first_byte_received_at: float | None,
     ) -> None:
         # The file is opened and closed by Spool.file, not here (see there).
+        self.meta = meta  # its name and type, settled by its first bytes
         self._source = source
         self.size = size
         self.received = size

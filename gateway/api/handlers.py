@@ -32,6 +32,7 @@ from gateway.api.keys import (
     SPOOL,
 )
 from gateway.api.pipeline import Result
+from gateway.chert.media import FileMeta
 from gateway.chert.message_shape import ShapeError, check_send_body
 from gateway.errors import InvalidRequestError, PayloadTooLargeError
 
@@ -108,7 +109,7 @@ async def _exactly_once(
 
 def _incoming(
     request: web.Request, upload: intake.UploadRequest, limits: BodyLimits
-) -> AbstractAsyncContextManager[HashedBody]:
+) -> AbstractAsyncContextManager[tuple[FileMeta, HashedBody]]:
     admission = request.app[ADMISSION]
     recv_bytes = body.read_size(
         upload.size or 0, in_flight=admission.in_flight, max_in_flight=admission.max_in_flight
@@ -141,9 +142,9 @@ async def send_file(request: web.Request) -> web.Response:
     limits = _limits(request, upload.key)
 
     async def run(key: str) -> Result:
-        async with _incoming(request, upload, limits) as file_body:
+        async with _incoming(request, upload, limits) as (meta, file_body):
             return await request.app[PIPELINE].send_file(
-                chat_id, upload.meta, file_body, caption=upload.caption, idempotency_key=key
+                chat_id, meta, file_body, caption=upload.caption, idempotency_key=key
             )
 
     meta = upload.meta
@@ -161,8 +162,8 @@ async def upload_only(request: web.Request) -> web.Response:
     limits = _limits(request, upload.key)
 
     async def run(key: str) -> Result:
-        async with _incoming(request, upload, limits) as file_body:
-            return await request.app[PIPELINE].upload(upload.meta, file_body)
+        async with _incoming(request, upload, limits) as (meta, file_body):
+            return await request.app[PIPELINE].upload(meta, file_body)
 
     meta = upload.meta
     request_print = fingerprint("upload_only", meta.filename, meta.content_type, upload.size)

@@ -165,16 +165,29 @@ def _given_filename(request: web.Request) -> str | None:
 
 
 def file_meta(request: web.Request) -> FileMeta:
-    """Name and MIME type from the request's headers; 415 when Chert would not take it."""
-    return resolve_file_meta(_given_filename(request), request.headers.get(hdrs.CONTENT_TYPE, ""))
+    """Name and MIME type from the request's headers; 415 when Chert would not
+    take it. With neither a type nor a telling name, the type is left to the
+    file's first bytes (FileMeta.from_content)."""
+    return resolve_file_meta(
+        _given_filename(request), request.headers.get(hdrs.CONTENT_TYPE, ""), from_content=True
+    )
 
 
-def resolve_file_meta(given_filename: str | None, declared_type: str) -> FileMeta:
-    """A clean name and Chert's spelling of the type, guessed from the name if generic."""
+def resolve_file_meta(
+    given_filename: str | None, declared_type: str, *, from_content: bool = False
+) -> FileMeta:
+    """A clean name and Chert's spelling of the type, guessed from the name if
+    generic; if there is no name, or it has no extension, left to the
+    content when `from_content`, else 415."""
     filename = clean_filename(given_filename) if given_filename is not None else None
     content_type = media.normalize(declared_type)
     if content_type in media.GENERIC_TYPES:
         guessed = media.guess_from_filename(filename) if filename else None
+        # A name with an extension Chert does not take (x.exe) says what the
+        # file is, and that is refused; a name without one says nothing.
+        says_nothing = not filename or media.extension(filename) is None
+        if guessed is None and from_content and says_nothing:
+            return FileMeta(filename or "", media.FROM_CONTENT)
         if guessed is None:
             raise UnsupportedMediaTypeError(
                 "cannot tell the file's type: send its Content-Type, or a filename "

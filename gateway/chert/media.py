@@ -13,10 +13,22 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class FileMeta:
-    """What a file is: its clean name and Chert's spelling of its type."""
+    """What a file is: its clean name and Chert's spelling of its type.
+
+    Before its first bytes are read, a file that came with neither a type
+    nor a telling name has `content_type` FROM_CONTENT (and, if it came
+    without a name, an empty `filename`); `body.settle_type` fills both in.
+    """
 
     filename: str
     content_type: str
+
+    @property
+    def from_content(self) -> bool:
+        return self.content_type == FROM_CONTENT
+
+
+FROM_CONTENT = ""
 
 
 # Chert's supported upload types, each with its usual extensions (first = the
@@ -70,11 +82,15 @@ def normalize(content_type: str) -> str:
     return ALIASES.get(base, base)
 
 
-def guess_from_filename(filename: str) -> str | None:
+def extension(filename: str) -> str | None:
+    """`.pdf` for `Invoice.PDF`; None for `README` or `.profile`."""
     dot = filename.rfind(".")
-    if dot <= 0:
-        return None
-    return _BY_EXTENSION.get(filename[dot:].lower())
+    return filename[dot:].lower() if dot > 0 else None
+
+
+def guess_from_filename(filename: str) -> str | None:
+    ext = extension(filename)
+    return None if ext is None else _BY_EXTENSION.get(ext)
 
 
 def default_filename(content_type: str) -> str:
@@ -89,29 +105,58 @@ def is_supported(content_type: str) -> bool:
 #
 # The first bytes of a file say what it is. A file whose bytes contradict the
 # type it was declared with is refused before Chert is called: Chert would
-# take it, and the recipient would get a broken bubble.
+# take it, and the recipient would get a broken bubble. A file sent with no
+# type (or a generic one) and no telling name gets the type its bytes show.
 
 SNIFF_BYTES = 64
 
-# ISO base media brands that mean HEIF/HEIC stills rather than video or audio.
-HEIF_BRANDS = frozenset(
-    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
-)
+# ISO base media files (MP4, MOV, M4A, HEIF, AVIF) share one container: the
+# brands in their `ftyp` box say which it is. The major brand first, then the
+# compatible ones, as players read them.
+MP4_VIDEO_BRANDS = (
+    b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"iso8", b"mp41", b"mp42",
+    b"avc1", b"M4V ", b"M4VH", b"M4VP", b"dash", b"mmp4", b"MSNV", b"XAVC", b"f4v ",
+)  # fmt: skip
+ISO_BRANDS: dict[bytes, str | None] = {
+    **dict.fromkeys(
+        (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"), "image/heic"
+    ),
+    **dict.fromkeys((b"mif1", b"msf1"), "image/heif"),
+    **dict.fromkeys((b"M4A ", b"M4B ", b"M4P ", b"F4A "), "audio/m4a"),
+    b"qt  ": "video/quicktime",
+    **dict.fromkeys(MP4_VIDEO_BRANDS, "video/mp4"),
+    # Containers Chert does not take: AVIF stills and 3GPP video.
+    **dict.fromkeys((b"avif", b"avis", b"3gp4", b"3gp5", b"3gp6", b"3g2a"), None),
+}
+# What each declared ISO type may hold: a QuickTime player opens MP4, and
+# many M4A encoders write a generic MP4 brand.
+ISO_ACCEPTS: dict[str, frozenset[str]] = {
+    "image/heic": frozenset({"image/heic", "image/heif"}),
+    "image/heif": frozenset({"image/heic", "image/heif"}),
+    "video/mp4": frozenset({"video/mp4"}),
+    "video/quicktime": frozenset({"video/quicktime", "video/mp4"}),
+    "audio/m4a": frozenset({"audio/m4a", "video/mp4"}),
+}
+# Classic QuickTime files may start with an atom other than ftyp.
 QUICKTIME_ATOMS = frozenset({b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
 
 
-def _ftyp_brand(head: bytes) -> bytes | None:
-    """The major brand of an ISO base media file (MP4, MOV, M4A, HEIF), if it is one."""
-    return head[8:12] if head[4:8] == b"ftyp" and len(head) >= 12 else None
+def iso_media_type(head: bytes) -> str | None:
+    """What an ISO base media file's brands say it is (None: not one, or
+    one Chert does not take)."""
+    if head[4:8] != b"ftyp" or len(head) < 12:
+        return "video/quicktime" if head[4:8] in QUICKTIME_ATOMS else None
+    box_end = min(int.from_bytes(head[:4], "big"), len(head))
+    brands = [head[8:12]] + [head[i : i + 4] for i in range(16, box_end - 3, 4)]
+    for brand in brands:
+        if brand in ISO_BRANDS:
+            return ISO_BRANDS[brand]
+    return None
 
 
-def _is_iso_media(head: bytes) -> bool:
-    brand = _ftyp_brand(head)
-    return brand is not None and brand not in HEIF_BRANDS
-
-
-def _is_heif(head: bytes) -> bool:
-    return _ftyp_brand(head) in HEIF_BRANDS
+def _is_iso(content_type: str) -> Callable[[bytes], bool]:
+    accepted = ISO_ACCEPTS[content_type]
+    return lambda head: iso_media_type(head) in accepted
 
 
 def _is_mpeg_audio(head: bytes) -> bool:
@@ -130,19 +175,17 @@ def _is_riff(head: bytes, kind: bytes) -> bool:
     return head[:4] == b"RIFF" and head[8:12] == kind
 
 
+# In the order sniff() tries them: the ISO family is told apart by brand, and
+# PDF, which may start after junk, comes last.
 _SIGNATURES: dict[str, Callable[[bytes], bool]] = {
     "image/jpeg": lambda h: h.startswith(b"\xff\xd8\xff"),
     "image/png": lambda h: h.startswith(b"\x89PNG\r\n\x1a\n"),
     "image/gif": lambda h: h.startswith((b"GIF87a", b"GIF89a")),
     "image/webp": lambda h: _is_riff(h, b"WEBP"),
-    "image/heic": _is_heif,
-    "image/heif": _is_heif,
-    "video/mp4": _is_iso_media,
-    "video/quicktime": lambda h: _is_iso_media(h) or h[4:8] in QUICKTIME_ATOMS,
-    "audio/mpeg": _is_mpeg_audio,
-    "audio/m4a": _is_iso_media,
     "audio/wav": lambda h: _is_riff(h, b"WAVE"),
+    "audio/mpeg": _is_mpeg_audio,
     "audio/aac": _is_aac,
+    **{content_type: _is_iso(content_type) for content_type in ISO_ACCEPTS},
     # PDF readers accept junk before the header; so does this.
     "application/pdf": lambda h: b"%PDF-" in h,
 }
@@ -151,3 +194,13 @@ _SIGNATURES: dict[str, Callable[[bytes], bool]] = {
 def content_matches(content_type: str, head: bytes) -> bool:
     """Do the file's first bytes fit its declared (supported) type?"""
     return bool(_SIGNATURES[content_type](head))
+
+
+def sniff(head: bytes) -> str | None:
+    """The type Chert takes that a file's first bytes show, if any."""
+    if head[4:8] == b"ftyp" or head[4:8] in QUICKTIME_ATOMS:
+        return iso_media_type(head)
+    for content_type, matches in _SIGNATURES.items():
+        if content_type not in ISO_ACCEPTS and matches(head):
+            return content_type
+    return None
