@@ -208,7 +208,14 @@ class GatewayRequestHandler(RequestHandler):
         handler's answer."""
         queued = len(self._messages)
         super().data_received(data)
-        if len(self._messages) > queued and isinstance(self._messages[-1][0], _ErrInfo):
+        # An error after the body has ended is the next request's (bytes
+        # past Content-Length): it is answered after this one, as aiohttp does.
+        body_ended = request.content.is_eof()
+        if (
+            not body_ended
+            and len(self._messages) > queued
+            and isinstance(self._messages[-1][0], _ErrInfo)
+        ):
             info = self._messages.pop()[0]
             assert isinstance(info, _ErrInfo)
             self._fail_body(
