@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.simulator import ChertSimulator
 from tests.conftest import GatewayFactory
 from tests.gateway_calls import png_bytes, send
+from tests.processes import curl
+from tests.samples import sample
 
 
 async def upload(client: TestClient[Any, Any], body: bytes) -> str:
@@ -84,3 +88,76 @@ async def test_a_download_carries_the_request_id_though_its_headers_go_first(
     response = await gateway.get(path)
     assert len(response.headers["X-Request-ID"]) == 32  # one of the gateway's own
     await response.read()
+
+
+async def upload_named(client: TestClient[Any, Any], body: bytes, filename: str) -> str:
+    response = await client.post(
+        "/v1/attachments", data=io.BytesIO(body), params={"filename": filename}
+    )
+    assert response.status == 201, await response.text()
+    return str((await response.json())["attachment_id"])
+
+
+@pytest.mark.parametrize(
+    ("filename", "disposition"),
+    [
+        ("invoice.pdf", 'attachment; filename="invoice.pdf"'),
+        (
+            "Rechnung März.pdf",
+            "attachment; filename=\"Rechnung M_rz.pdf\"; filename*=UTF-8''Rechnung%20M%C3%A4rz.pdf",
+        ),
+        (
+            'say "hi".pdf',
+            "attachment; filename=\"say _hi_.pdf\"; filename*=UTF-8''say%20%22hi%22.pdf",
+        ),
+    ],
+)
+async def test_a_download_is_named_as_registered(
+    gateway: TestClient[Any, Any], filename: str, disposition: str
+) -> None:
+    attachment_id = await upload_named(gateway, sample("application/pdf", 2000), filename)
+    response = await gateway.get(f"/v1/attachments/{attachment_id}/content")
+    assert response.status == 200
+    assert response.headers["Content-Disposition"] == disposition
+    assert response.content_disposition is not None
+    assert response.content_disposition.filename == filename
+
+
+async def test_head_answers_the_downloads_headers_without_its_body(
+    gateway: TestClient[Any, Any],
+) -> None:
+    body = sample("application/pdf", 200_000)
+    attachment_id = await upload_named(gateway, body, "invoice.pdf")
+    response = await gateway.head(f"/v1/attachments/{attachment_id}/content")
+    assert response.status == 200
+    assert response.headers["Content-Length"] == str(len(body))
+    assert response.headers["Content-Type"] == "application/pdf"
+    assert response.headers["Content-Disposition"] == 'attachment; filename="invoice.pdf"'
+    assert response.headers["X-Request-ID"]
+    assert await response.read() == b""
+    missing = await gateway.head("/v1/attachments/nope/content")
+    assert missing.status == 404
+
+
+async def test_without_metadata_the_name_is_the_id_and_the_types_extension(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator
+) -> None:
+    """Inbound media ids have content but no registered upload."""
+    attachment_id = await upload_named(gateway, sample("image/jpeg", 2000), "photo.jpg")
+    simulator.faults.update(
+        {"canned": {"metadata": [{"status": 404, "body": {"error": {"code": 1004}}}]}}
+    )
+    response = await gateway.get(f"/v1/attachments/{attachment_id}/content")
+    assert response.status == 200
+    assert response.headers["Content-Disposition"] == f'attachment; filename="{attachment_id}.jpg"'
+
+
+async def test_curl_oj_saves_the_registered_name(
+    gateway: TestClient[Any, Any], tmp_path: Path
+) -> None:
+    body = sample("application/pdf", 50_000)
+    attachment_id = await upload_named(gateway, body, "invoice.pdf")
+    url = str(gateway.make_url(f"/v1/attachments/{attachment_id}/content"))
+    status, _ = await curl("-OJ", "--output-dir", str(tmp_path), url)
+    assert status == 200
+    assert (tmp_path / "invoice.pdf").read_bytes() == body

@@ -157,8 +157,10 @@ def series_count(metrics: Metrics) -> int:
 
 
 async def test_a_thousand_distinct_uploads_add_no_series(
-    gateway: TestClient[Any, Any],
+    gateway: TestClient[Any, Any], simulator: ChertSimulator
 ) -> None:
+    for n in range(1000):
+        simulator.state.chats[f"chat-{n}"] = {"id": f"chat-{n}", "handles": ["+15550000000"]}
     metrics = metrics_of(gateway)
     await send(gateway, png_bytes(200), params={"filename": "warm.png"})
     baseline = series_count(metrics)

@@ -4,7 +4,10 @@ answers with the result's JSON."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -32,9 +35,10 @@ from gateway.api.keys import (
     SPOOL,
 )
 from gateway.api.pipeline import Result
+from gateway.chert import media
 from gateway.chert.media import FileMeta
 from gateway.chert.message_shape import ShapeError, check_send_body
-from gateway.errors import InvalidRequestError, PayloadTooLargeError
+from gateway.errors import GatewayError, InvalidRequestError, PayloadTooLargeError
 
 PASSED_DOWNLOAD_HEADERS = (
     hdrs.CONTENT_TYPE,
@@ -45,6 +49,8 @@ PASSED_DOWNLOAD_HEADERS = (
     hdrs.LAST_MODIFIED,
 )
 REPLAYED_HEADER = "Idempotent-Replayed"
+# How long a download's first byte may wait for Chert's metadata to name it.
+FILENAME_WAIT_SECONDS = 2.0
 
 
 def json_response(answer: dict[str, Any], status: int = 200) -> web.Response:
@@ -277,34 +283,80 @@ async def attachment_metadata(request: web.Request) -> web.Response:
 
 
 async def attachment_content(request: web.Request) -> web.StreamResponse:
-    """GET /v1/attachments/{attachment_id}/content: the bytes, streamed through.
+    """GET|HEAD /v1/attachments/{attachment_id}/content: the bytes, streamed through.
 
-    Chert's Content-Type and Content-Length are passed on; every write is
-    awaited, so a slow caller slows the read from Chert instead of filling
-    memory. A break mid-stream cuts the connection: with Content-Length set,
-    the caller sees a short body, never a silently truncated file.
+    Chert's Content-Type and Content-Length are passed on, and a
+    Content-Disposition with the registered filename (`curl -OJ` saves
+    `invoice.pdf`, not `content`). Every write is awaited, so a slow caller
+    slows the read from Chert instead of filling memory. A break mid-stream
+    cuts the connection: with Content-Length set, the caller sees a short
+    body, never a silently truncated file. HEAD answers the same headers
+    and reads none of the body.
     """
     attachment_id = intake.attachment_id(request)
     chert = request.app[CHERT]
-    async with chert.open_content(attachment_id) as upstream:
-        response = web.StreamResponse(status=200)
-        response.headers.update(chert.passed_headers(upstream, PASSED_DOWNLOAD_HEADERS))
-        await response.prepare(request)
-        try:
-            async for chunk in upstream.content.iter_chunked(CHUNK_BYTES):
-                await response.write(chunk)
-        except (aiohttp.ClientError, TimeoutError):
-            # The headers are gone; a cut connection is the only honest signal.
-            request[OUTCOME_KEY] = "upstream_error"
-            if request.transport is not None:
-                request.transport.abort()
-            return response
-        except ConnectionResetError:
-            request[OUTCOME_KEY] = "client_aborted"
-            return response
-        await response.write_eof()
+    # The name is asked for beside the content, not before it.
+    registered = asyncio.ensure_future(_registered_filename(request, attachment_id))
+    try:
+        async with chert.open_content(attachment_id) as upstream:
+            response = web.StreamResponse(status=200)
+            response.headers.update(chert.passed_headers(upstream, PASSED_DOWNLOAD_HEADERS))
+            if hdrs.CONTENT_DISPOSITION not in response.headers:
+                await asyncio.wait({registered}, timeout=FILENAME_WAIT_SECONDS)
+                filename = (registered.done() and registered.result()) or _fallback_filename(
+                    attachment_id, response.headers.get(hdrs.CONTENT_TYPE, "")
+                )
+                response.headers[hdrs.CONTENT_DISPOSITION] = attachment_disposition(filename)
+            if request.method == hdrs.METH_HEAD:
+                request[OUTCOME_KEY] = "downloaded"
+                return response
+            await response.prepare(request)
+            try:
+                async for chunk in upstream.content.iter_chunked(CHUNK_BYTES):
+                    await response.write(chunk)
+            except (aiohttp.ClientError, TimeoutError):
+                # The headers are gone; a cut connection is the only honest signal.
+                request[OUTCOME_KEY] = "upstream_error"
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+            except ConnectionResetError:
+                request[OUTCOME_KEY] = "client_aborted"
+                return response
+            await response.write_eof()
+    finally:
+        registered.cancel()
     request[OUTCOME_KEY] = "downloaded"
     return response
+
+
+async def _registered_filename(request: web.Request, attachment_id: str) -> str | None:
+    """The filename Chert's metadata has for the attachment; None when it has
+    none (an inbound media id) or cannot say now: a download does not fail
+    over its name."""
+    try:
+        answer = await request.app[CHERT].get_attachment(attachment_id)
+    except GatewayError:
+        return None
+    name = (answer.get("attachment") or {}).get("filename")
+    return name if isinstance(name, str) and name.strip() else None
+
+
+def _fallback_filename(attachment_id: str, content_type: str) -> str:
+    """`in_536f….jpg`: the id, with the extension of Chert's type."""
+    extensions = media.SUPPORTED_TYPES.get(media.normalize(content_type))
+    return attachment_id + (extensions[0] if extensions else "")
+
+
+def attachment_disposition(filename: str) -> str:
+    """RFC 6266: an ASCII `filename` every client reads (curl -J reads only
+    that), and `filename*` with the exact UTF-8 name when they differ."""
+    base = re.split(r"[/\\]", filename)[-1] or "attachment"
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in base)
+    header = f'attachment; filename="{fallback}"'
+    if fallback != base:
+        header += "; filename*=UTF-8''" + urllib.parse.quote(base, safe="")
+    return header
 
 
 # The package's own description of this API, beside gateway/__init__.py.
@@ -331,7 +383,9 @@ def add_routes(app: web.Application) -> None:
     router.add_resource("/v1/attachments/{attachment_id}", name="attachment").add_route(
         "GET", attachment_metadata
     )
-    router.add_resource(
+    content = router.add_resource(
         "/v1/attachments/{attachment_id}/content", name="attachment_content"
-    ).add_route("GET", attachment_content)
+    )
+    for method in ("GET", "HEAD"):
+        content.add_route(method, attachment_content)
     router.add_resource("/openapi.json", name="openapi").add_route("GET", openapi)

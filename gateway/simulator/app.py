@@ -402,6 +402,8 @@ class ChertSimulator:
 
     async def get_attachment(self, request: web.Request) -> web.Response:
         self._authorize(request)
+        if (canned := self._canned(request, "metadata")) is not None:
+            return canned
         return _json({"attachment": self._metadata(self._attachment(request))})
 
     async def get_content(self, request: web.Request) -> web.StreamResponse:

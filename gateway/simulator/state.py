@@ -88,7 +88,7 @@ class Faults:
     # Slot lifetime; Chert's is 15 minutes.
     slot_ttl_seconds: float = 15 * 60
     # One-shot answers given instead of the real ones, by call ("create",
-    # "upload", "send"): each {"status": int, "body": JSON, "headers": {...}}.
+    # "upload", "send", "metadata"): each {"status": int, "body": JSON, "headers": {...}}.
     # "{authorization}" in any of their strings becomes the request's
     # Authorization header: an upstream (or a proxy) that quotes the request.
     canned: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
