@@ -125,7 +125,7 @@ async def test_the_largest_form_allowed_keeps_memory_flat(
 async def test_a_form_that_declares_more_than_any_form_can_hold_is_413_before_its_body(
     gateway: TestClient[Any, Any], simulator: ChertSimulator
 ) -> None:
-    declared = form.form_ceiling(CHERT_MAX_UPLOAD_BYTES) + 1
+    declared = form.MESSAGE_FORM.ceiling(CHERT_MAX_UPLOAD_BYTES) + 1
     assert gateway.server.host is not None
     assert gateway.server.port is not None
     reader, writer = await asyncio.open_connection(gateway.server.host, gateway.server.port)
@@ -150,7 +150,7 @@ async def test_a_chunked_form_is_counted_whole_even_where_its_framing_hides_byte
     """An endless preamble before the first boundary has no part to bound it:
     the whole body is counted as it arrives, against the form's ceiling."""
     client = await make_gateway(GATEWAY_MAX_UPLOAD_BYTES="10000")
-    ceiling = form.form_ceiling(10_000)
+    ceiling = form.MESSAGE_FORM.ceiling(10_000)
     assert client.server.host is not None
     assert client.server.port is not None
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)

@@ -57,9 +57,22 @@ UPLOAD_CONCURRENCY = 3
 IDENTITY_CODINGS = frozenset({"", "identity", "binary", "8bit", "7bit"})
 
 
-def form_ceiling(max_upload_bytes: int) -> int:
-    """The most a form within every other limit can declare as its length."""
-    return MAX_FILES * max_upload_bytes + MAX_FIELDS_TOTAL_BYTES + FORM_FRAMING_BYTES
+@dataclass(frozen=True)
+class FormRules:
+    """What a route's form may hold: the message route takes every field and
+    up to MAX_FILES files; a single-file route one file (and its caption)."""
+
+    max_files: int = MAX_FILES
+    fields: frozenset[str] = frozenset({"text", "rich_link", "parallel_attachments"})
+    # Said when the form holds more than the route takes.
+    elsewhere: str = ""
+
+    def ceiling(self, max_upload_bytes: int) -> int:
+        """The most a form within every other limit can declare as its length."""
+        return self.max_files * max_upload_bytes + MAX_FIELDS_TOTAL_BYTES + FORM_FRAMING_BYTES
+
+
+MESSAGE_FORM = FormRules()
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,7 @@ async def read_form(
     spool: Spool,
     pipeline: UploadPipeline,
     limits: BodyLimits,
+    rules: FormRules = MESSAGE_FORM,
 ) -> FormMessage:
     """Read the whole form, uploading its files as they arrive; return the parts."""
     gate = asyncio.Semaphore(UPLOAD_CONCURRENCY)
@@ -110,7 +124,7 @@ async def read_form(
 
             return asyncio.ensure_future(run())
 
-        form = await _read(reader, upload)
+        form = await _read(reader, upload, rules)
     uploads: list[UploadedFile] = form.files
     return FormMessage(
         parts=form.parts([u.attachment_id for u in uploads]),
@@ -120,7 +134,13 @@ async def read_form(
     )
 
 
-async def digest_form(reader: MultipartReader, *, chat_id: str, limits: BodyLimits) -> str:
+async def digest_form(
+    reader: MultipartReader,
+    *,
+    chat_id: str,
+    limits: BodyLimits,
+    rules: FormRules = MESSAGE_FORM,
+) -> str:
     """The fingerprint of a form, read and hashed but uploaded nowhere."""
 
     async def digest(meta: FileMeta, part: BodyPartReader) -> asyncio.Future[Any]:
@@ -129,7 +149,7 @@ async def digest_form(reader: MultipartReader, *, chat_id: str, limits: BodyLimi
         done.set_result(FileSeen(meta, size, sha256))
         return done
 
-    form = await _read(reader, digest)
+    form = await _read(reader, digest, rules)
     return form.fingerprint(chat_id, list(form.files))
 
 
@@ -164,7 +184,7 @@ class _Form:
         return fingerprint("send_form", chat_id, described, self.parallel)
 
 
-async def _read(reader: MultipartReader, on_file: FileHandler) -> _Form:
+async def _read(reader: MultipartReader, on_file: FileHandler, rules: FormRules) -> _Form:
     form = _Form()
     pending: list[asyncio.Future[Any]] = []
     try:
@@ -175,10 +195,12 @@ async def _read(reader: MultipartReader, on_file: FileHandler) -> _Form:
             )
             _check_coding(part)
             if filename is None:
-                await _take_field(form, part)
+                await _take_field(form, part, rules)
                 continue
-            if len(form.metas) == MAX_FILES:
-                raise InvalidRequestError(f"at most {MAX_FILES} files in one message")
+            if len(form.metas) == rules.max_files:
+                raise InvalidRequestError(
+                    f"at most {rules.max_files} file(s) in one request{rules.elsewhere}"
+                )
             meta = intake.resolve_file_meta(filename, part.headers.get(hdrs.CONTENT_TYPE, ""))
             form.metas.append(meta)
             _check_parallel(form)
@@ -186,6 +208,10 @@ async def _read(reader: MultipartReader, on_file: FileHandler) -> _Form:
             pending.append(await on_file(meta, part))
         if not form.entries:
             raise InvalidRequestError("the form has no text, file or rich_link")
+        if rules.max_files == 1 and not form.metas:
+            raise InvalidRequestError(
+                "the form has no file part: a file part has a filename in its Content-Disposition"
+            )
         _check_message(form)
         form.files = list(await asyncio.gather(*pending))
     except BaseException:
@@ -221,11 +247,17 @@ def _check_coding(part: BodyPartReader) -> None:
             )
 
 
-async def _take_field(form: _Form, part: BodyPartReader) -> None:
+async def _take_field(form: _Form, part: BodyPartReader, rules: FormRules) -> None:
     form.fields += 1
     if form.fields > MAX_FIELDS:
         raise InvalidRequestError(f"at most {MAX_FIELDS} fields besides the files")
     name = intake.disposition_param(part.headers.get(hdrs.CONTENT_DISPOSITION), "name") or ""
+    if name not in rules.fields and name in MESSAGE_FORM.fields:
+        taken = ", ".join(sorted(rules.fields)) or "no field"
+        raise InvalidRequestError(
+            f"form field {name!r} is not taken here (this route takes {taken} beside "
+            f"its file){rules.elsewhere}"
+        )
     value = await _read_field(part, name, MAX_FIELDS_TOTAL_BYTES - form.field_bytes)
     form.field_bytes += len(value.encode())
     if name == "parallel_attachments":

@@ -20,7 +20,7 @@ from aiohttp import MultipartReader, hdrs, web
 
 from gateway.api import body, intake
 from gateway.api.body import CHUNK_BYTES, BodyLimits, HashedBody
-from gateway.api.form import digest_form, form_ceiling, read_form
+from gateway.api.form import MESSAGE_FORM, FormMessage, FormRules, digest_form, read_form
 from gateway.api.http_protocol import BODY_CEILING
 from gateway.api.idempotency import file_print, fingerprint
 from gateway.api.keys import (
@@ -34,7 +34,7 @@ from gateway.api.keys import (
     SETTINGS,
     SPOOL,
 )
-from gateway.api.pipeline import Result
+from gateway.api.pipeline import Result, SentFile, SentMessage, Timings
 from gateway.chert import media
 from gateway.chert.media import FileMeta
 from gateway.chert.message_shape import ShapeError, check_send_body
@@ -141,7 +141,10 @@ def _file_print(request: web.Request, limits: BodyLimits) -> Callable[[], Awaita
 
 
 async def send_file(request: web.Request) -> web.Response:
-    """POST|PUT /v1/chats/{chat_id}/attachments: one file, one message."""
+    """POST|PUT /v1/chats/{chat_id}/attachments: one file, one message. The
+    file is the body, or the one file of a form (`requests.post(files=…)`)."""
+    if intake.is_form(request):
+        return await _send_file_form(request)
     upload = intake.upload_request(request, request.app[SETTINGS].max_upload_bytes)
     assert upload.chat_id is not None
     chat_id = upload.chat_id
@@ -163,7 +166,10 @@ async def send_file(request: web.Request) -> web.Response:
 
 
 async def upload_only(request: web.Request) -> web.Response:
-    """POST|PUT /v1/attachments: the file goes to Chert; no message is sent."""
+    """POST|PUT /v1/attachments: the file goes to Chert; no message is sent.
+    The file is the body, or the one file of a form."""
+    if intake.is_form(request):
+        return await _upload_form(request)
     upload = intake.upload_request(request, request.app[SETTINGS].max_upload_bytes)
     limits = _limits(request, upload.key)
 
@@ -223,27 +229,7 @@ async def _send_json(
 async def _send_form(
     request: web.Request, asked: intake.MessageRequest, started: float
 ) -> web.Response:
-    limits = _limits(request, asked.key)
-    ceiling = form_ceiling(limits.max_bytes)
-    if request.content_length is not None and request.content_length > ceiling:
-        raise PayloadTooLargeError(
-            f"the form is {request.content_length} bytes; a form takes at most {ceiling}"
-        )
-    # A chunked form is counted as it arrives, preamble and epilogue too.
-    request[BODY_CEILING] = ceiling
-    # Made now, so a form without a usable boundary is refused before its key
-    # is claimed or a slot taken.
-    reader = _multipart(request)
-
-    async def run(key: str) -> Result:
-        await body.send_continue(request)
-        form = await read_form(
-            reader,
-            chat_id=asked.chat_id,
-            spool=request.app[SPOOL],
-            pipeline=request.app[PIPELINE],
-            limits=limits,
-        )
+    async def send(form: FormMessage, key: str) -> Result:
         return await request.app[PIPELINE].send_message(
             asked.chat_id,
             form.parts,
@@ -254,15 +240,114 @@ async def _send_form(
             body_print=form.fingerprint,
         )
 
+    return await _form_request(request, asked.chat_id, asked.key, MESSAGE_FORM, send)
+
+
+SEVERAL_FILES = "; send several files as one message to /v1/chats/{chat_id}/messages"
+SEND_FILE_FORM = FormRules(max_files=1, fields=frozenset({"text"}), elsewhere=SEVERAL_FILES)
+UPLOAD_FORM = FormRules(max_files=1, fields=frozenset(), elsewhere="; upload one file per request")
+
+
+async def _send_file_form(request: web.Request) -> web.Response:
+    """The single-file send, its file and caption in a form: answered as
+    the single-file send is."""
+    started = time.perf_counter()
+    chat_id = intake.chat_id(request)
+    intake.check_encoding(request)
+
+    async def send(form: FormMessage, key: str) -> Result:
+        sent = await request.app[PIPELINE].send_message(chat_id, form.parts, key, started=started)
+        (file,) = form.uploads
+        return FormAnswered(
+            SentFile(file, sent.message, _one_file_timings(file.timings, sent)), form.fingerprint
+        )
+
+    key = intake.idempotency_key(request)
+    return await _form_request(request, chat_id, key, SEND_FILE_FORM, send, name="send_file_form")
+
+
+async def _upload_form(request: web.Request) -> web.Response:
+    intake.check_encoding(request)
+
+    async def finish(form: FormMessage, key: str) -> Result:
+        (file,) = form.uploads
+        return FormAnswered(file, form.fingerprint)
+
+    key = intake.idempotency_key(request)
+    return await _form_request(
+        request, "", key, UPLOAD_FORM, finish, name="upload_form", outcome="uploaded"
+    )
+
+
+def _one_file_timings(upload: Timings, sent: SentMessage) -> Timings:
+    return Timings(
+        create_slot_s=upload.create_slot_s,
+        upload_s=upload.upload_s,
+        send_s=sent.timings.send_s,
+        total_s=sent.timings.total_s,
+    )
+
+
+class FormAnswered:
+    """A result whose request was a form: a repeat is told apart by the
+    whole form's print, not by its file's alone."""
+
+    def __init__(self, result: Result, body_print: str) -> None:
+        self._result = result
+        self.body_print: str | None = body_print
+
+    def to_json(self) -> dict[str, Any]:
+        return self._result.to_json()
+
+    def log_fields(self) -> dict[str, Any]:
+        return self._result.log_fields()
+
+
+async def _form_request(
+    request: web.Request,
+    chat_id: str,
+    key: str | None,
+    rules: FormRules,
+    finish: Callable[[FormMessage, str], Awaitable[Result]],
+    *,
+    name: str = "send_form",
+    outcome: str = "sent",
+) -> web.Response:
+    """A form read part by part, its files uploaded as they arrive, then
+    `finish` (the send) with the form and the key to give Chert."""
+    limits = _limits(request, key)
+    ceiling = rules.ceiling(limits.max_bytes)
+    if request.content_length is not None and request.content_length > ceiling:
+        raise PayloadTooLargeError(
+            f"the form is {request.content_length} bytes; a form takes at most {ceiling}"
+        )
+    # A chunked form is counted as it arrives, preamble and epilogue too.
+    request[BODY_CEILING] = ceiling
+    # Made now, so a form without a usable boundary is refused before its key
+    # is claimed or a slot taken.
+    reader = _multipart(request)
+
+    async def run(chert_key: str) -> Result:
+        await body.send_continue(request)
+        form = await read_form(
+            reader,
+            chat_id=chat_id,
+            spool=request.app[SPOOL],
+            pipeline=request.app[PIPELINE],
+            limits=limits,
+            rules=rules,
+        )
+        return await finish(form, chert_key)
+
     async def repeat_print() -> str:
         await body.send_continue(request)
-        return await digest_form(reader, chat_id=asked.chat_id, limits=limits)
+        return await digest_form(reader, chat_id=chat_id, limits=limits, rules=rules)
 
     # A form's fields and files are known only as they arrive: the first
     # fingerprint covers route and chat, the body_print the whole form.
-    request_print = fingerprint("send_form", asked.chat_id)
+    request_print = fingerprint(name, chat_id)
     return await _exactly_once(
-        request, asked.key, request_print, run=run, repeat_print=repeat_print
+        request, key, request_print, run=run, repeat_print=repeat_print, outcome=outcome
     )
 
 

@@ -87,6 +87,11 @@ def message_request(request: web.Request) -> MessageRequest:
     return MessageRequest(chat, key, kinds[declared])
 
 
+def is_form(request: web.Request) -> bool:
+    """A multipart/form-data body (what `requests.post(files=…)` and `curl -F` send)."""
+    return media.normalize(request.headers.get(hdrs.CONTENT_TYPE, "")) == "multipart/form-data"
+
+
 def chat_id(request: web.Request) -> str:
     value = request.match_info["chat_id"]
     if not ID_RE.match(value):
