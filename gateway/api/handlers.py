@@ -11,7 +11,6 @@ import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,6 +18,7 @@ import orjson
 from aiohttp import MultipartReader, hdrs, web
 
 from gateway.api import body, intake
+from gateway.api import openapi as openapi_document
 from gateway.api.body import CHUNK_BYTES, BodyLimits, HashedBody
 from gateway.api.form import MESSAGE_FORM, FormMessage, FormRules, digest_form, read_form
 from gateway.api.http_protocol import BODY_CEILING
@@ -444,13 +444,9 @@ def attachment_disposition(filename: str) -> str:
     return header
 
 
-# The package's own description of this API, beside gateway/__init__.py.
-OPENAPI_DOCUMENT = (Path(__file__).parent.parent / "openapi.json").read_bytes()
-
-
 async def openapi(request: web.Request) -> web.Response:
     """GET /openapi.json: this API, described (kept in sync with the routes by a test)."""
-    return web.Response(body=OPENAPI_DOCUMENT, content_type="application/json")
+    return web.Response(body=openapi_document.DOCUMENT, content_type="application/json")
 
 
 def add_routes(app: web.Application) -> None:
