@@ -1,4 +1,4 @@
-"""`chert-gateway serve | simulate | send | demo`: the command line.
+"""`chert-gateway serve | simulate | send | download | demo`: the command line.
 
 Every `serve` flag is a setting of `config.OPTIONS`; a flag overrides its
 environment variable, and both go through the same validation.
@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import shlex
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway import __version__
-from gateway.client.commands import add_send_command
+from gateway.client.commands import add_download_command, add_send_command
 from gateway.demo import add_demo_command
 from gateway.ops import logs, tuning
 from gateway.ops.config import OPTIONS, ConfigError, Settings, parse_listen
@@ -102,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_log_format(sim_cmd)
     add_send_command(commands)
+    add_download_command(commands)
     add_demo_command(commands)
     return parser
 
@@ -161,9 +163,25 @@ def _serve(args: argparse.Namespace) -> int:
     def announce(running: Running) -> None:
         print(_banner(running), file=sys.stderr, flush=True)
 
-    with asyncio.Runner(loop_factory=tuning.event_loop_factory(settings.event_loop)) as runner:
-        runner.run(serve(settings, on_ready=announce))
+    try:
+        with asyncio.Runner(loop_factory=tuning.event_loop_factory(settings.event_loop)) as runner:
+            runner.run(serve(settings, on_ready=announce))
+    except OSError as exc:
+        print(
+            f"chert-gateway: {_listen_failure(exc)} (GATEWAY_LISTEN, GATEWAY_OPS_LISTEN)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _listen_failure(exc: OSError) -> str:
+    """`cannot listen on 127.0.0.1:8080: address already in use`, from the bind's error."""
+    # asyncio's text: "error while attempting to bind on address ('h', p): reason"
+    reason = (exc.strerror or str(exc)).rsplit(": ", 1)[-1].lower()
+    where = re.search(r"\('?([^',]+)'?, (\d+)\)", str(exc))
+    address = f"{where.group(1)}:{where.group(2)}" if where else str(exc.filename or "")
+    return f"cannot listen on {address or 'the address'}: {reason}"
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -199,11 +217,15 @@ def _simulate(args: argparse.Namespace) -> int:
         finally:
             await runner.cleanup()
 
-    with (
-        contextlib.suppress(KeyboardInterrupt),
-        tempfile.TemporaryDirectory(prefix="chert-simulator-tls-") as workdir,
-    ):
-        asyncio.run(run(Path(workdir)))
+    try:
+        with (
+            contextlib.suppress(KeyboardInterrupt),
+            tempfile.TemporaryDirectory(prefix="chert-simulator-tls-") as workdir,
+        ):
+            asyncio.run(run(Path(workdir)))
+    except OSError as exc:
+        print(f"chert-gateway: simulate: {_listen_failure(exc)} (--host, --port)", file=sys.stderr)
+        return 1
     return 0
 
 

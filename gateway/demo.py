@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from gateway.client.calls import GatewayClient
-from gateway.client.commands import MIB, progress_bar
+from gateway.client.commands import MIB, Attempts
 from gateway.ops import procstat
 from gateway.ops.config import Settings
 from gateway.server import Running, serve
@@ -55,10 +55,11 @@ async def _demo(size: int) -> int:
             baseline = procstat.status_bytes("VmHWM")
             print(f"Sending it through {running.api} to the simulated Chert …", file=sys.stderr)
             started = time.perf_counter()
-            with progress_bar(size, sys.stderr.isatty()) as progress:
-                async with GatewayClient(running.api) as client:
+            attempts = Attempts(size, show_bar=sys.stderr.isatty())
+            with attempts.shown():
+                async with GatewayClient(running.api, on_retry=attempts.retrying) as client:
                     answer = await client.send_file(
-                        file, DOCS_CHAT_ID, text="Hello from the demo", progress=progress
+                        file, DOCS_CHAT_ID, text="Hello from the demo", progress=attempts.progress
                     )
             elapsed = time.perf_counter() - started
             peak = procstat.status_bytes("VmHWM")

@@ -4,6 +4,8 @@ Python client, against a gateway and the simulator on loopback."""
 from __future__ import annotations
 
 import asyncio
+import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +13,13 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.client.calls import BlockingGatewayClient, GatewayClient, GatewayUnreachableError
-from gateway.errors import PayloadTooLargeError, UnsupportedMediaTypeError
+from gateway.client.calls import (
+    BlockingGatewayClient,
+    GatewayClient,
+    GatewayUnreachableError,
+    Retry,
+)
+from gateway.errors import NotFoundError, PayloadTooLargeError, UnsupportedMediaTypeError
 from gateway.simulator import ChertSimulator
 from tests.conftest import GatewayFactory
 from tests.constants import CHAT_ID
@@ -154,3 +161,62 @@ async def test_the_blocking_client_in_three_lines(
     # A thread, as blocking code would run; the test's loop keeps serving meanwhile.
     answer = await asyncio.to_thread(blocking_caller)
     assert answer["message"]["status"] == "sent"
+
+
+async def test_the_python_client_has_every_call(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator, tmp_path: Path
+) -> None:
+    """send, send several, upload only, Chert's JSON, download, a stream."""
+    url = str(gateway.make_url("")).rstrip("/")
+    pdf = write(tmp_path, "invoice.pdf", "application/pdf", 80_000)
+    retries: list[Retry] = []
+    async with GatewayClient(url, on_retry=retries.append) as client:
+        uploaded = await client.upload(pdf)
+        sent = await client.send_message(
+            CHAT_ID,
+            [
+                {"type": "text", "value": "Your invoice"},
+                {"type": "media", "attachment_id": uploaded["attachment_id"]},
+            ],
+        )
+        assert sent["message"]["parts"][1]["attachment_id"] == uploaded["attachment_id"]
+
+        several = await client.send_files([pdf, pdf], CHAT_ID, text="two")
+        assert len(several["attachments"]) == 2
+
+        with pdf.open("rb") as stream:
+            streamed = await client.send_file(stream, CHAT_ID, filename="streamed.pdf")
+        assert streamed["filename"] == "streamed.pdf"
+        assert streamed["sha256"] == uploaded["sha256"]
+
+        where = tmp_path / "down"
+        where.mkdir()
+        saved = await client.download(uploaded["attachment_id"], where)
+        assert saved == where / "invoice.pdf"
+        assert saved.read_bytes() == pdf.read_bytes()
+        into = io.BytesIO()
+        assert await client.download(uploaded["attachment_id"], into) is None
+        assert into.getvalue() == pdf.read_bytes()
+        with pytest.raises(NotFoundError):
+            await client.download("nope", tmp_path / "nope.pdf")
+        assert not (tmp_path / "nope.pdf").exists()
+    assert retries == []
+    assert len(simulator.state.messages) == 3
+
+
+async def test_the_python_client_refuses_a_url_it_cannot_use() -> None:
+    with pytest.raises(ValueError, match=re.escape("try http://127.0.0.1:8080")):
+        GatewayClient("127.0.0.1:8080")
+
+
+async def test_the_python_client_tells_of_each_retry_and_keeps_one_key(
+    gateway: TestClient[Any, Any], simulator: ChertSimulator, tmp_path: Path
+) -> None:
+    simulator.faults.update({"fail_sends": 4, "fail_send_code": 3002})
+    retries: list[Retry] = []
+    url = str(gateway.make_url("")).rstrip("/")
+    async with GatewayClient(url, on_retry=retries.append) as client:
+        answer = await client.send_file(write(tmp_path, "a.png", "image/png", 1000), CHAT_ID)
+    assert answer["message"]["status"] == "sent"
+    assert [r.attempt for r in retries] == [2]
+    assert retries[0].reason.startswith("upstream_unavailable")

@@ -9,6 +9,15 @@ from gateway.client.calls import (
     GatewayClient,
     GatewayError,
     GatewayUnreachableError,
+    NotAGatewayError,
+    Retry,
 )
 
-__all__ = ["BlockingGatewayClient", "GatewayClient", "GatewayError", "GatewayUnreachableError"]
+__all__ = [
+    "BlockingGatewayClient",
+    "GatewayClient",
+    "GatewayError",
+    "GatewayUnreachableError",
+    "NotAGatewayError",
+    "Retry",
+]
