@@ -139,12 +139,15 @@ class Ran(NamedTuple):
     err: str
 
 
-async def run(*argv: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Ran:
+async def run(
+    *argv: str, env: dict[str, str] | None = None, cwd: Path | None = None, clean_env: bool = False
+) -> Ran:
     """Run a command to its end: (exit code, stdout, stderr). `env` is added
-    to this process's environment. The one runner of short-lived commands."""
+    to this process's environment (or is the whole of it, `clean_env`). The
+    one runner of short-lived commands."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
-        env={**os.environ, **(env or {})},
+        env=dict(env or {}) if clean_env else {**os.environ, **(env or {})},
         cwd=cwd,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

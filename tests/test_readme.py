@@ -1,8 +1,9 @@
-"""Every shell example in the README, run as written against what `make run`
-starts (`chert-gateway serve --simulate`), in a directory holding the files
-the examples name. Only the port differs (the test listens on port 0), and
-`ATTACHMENT_ID=…` takes the id the upload before it answered, as a reader
-would fill it in."""
+"""Every shell block of the README, run as written in a fresh shell against
+what `make run` starts (`chert-gateway serve --simulate`): its own bash
+(`-e -o pipefail`, so every line counts), an empty directory but for the
+checkout's `.venv`, and the environment a new terminal has. Only the
+port differs (the test listens on port 0). The Python example runs the same
+way with the venv's Python."""
 
 from __future__ import annotations
 
@@ -10,78 +11,91 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
-import orjson
+import pytest
 
 from tests.conftest import require_tool
-from tests.processes import GatewayProcess, shell
-from tests.samples import sample
+from tests.processes import GatewayProcess, run
 
 ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
 README_GATEWAY = "http://127.0.0.1:8080"
-FILES = {
-    "invoice.pdf": "application/pdf",
-    "clip.mp4": "video/mp4",
-    "one.jpg": "image/jpeg",
-    "two.jpg": "image/jpeg",
-    "three.jpg": "image/jpeg",
-}
 
 
-def readme_commands() -> list[str]:
-    """Shell commands of the README's ```sh blocks, continuation lines joined."""
-    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-    commands = []
-    for block in blocks:
-        for command in block.replace("\\\n", " ").splitlines():
-            if command.strip() and not command.startswith("make "):
-                commands.append(command.strip())
-    return commands
+def blocks(language: str) -> list[str]:
+    found = re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+    return [b for b in found if not b.startswith("make ")]
+
+
+def fresh_shell_env(home: Path) -> dict[str, str]:
+    """A new terminal's environment: no venv on PATH, nothing this test set."""
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
+    return {"PATH": path, "HOME": str(home), "LANG": "C.UTF-8"}
+
+
+def checkout_like(where: Path) -> Path:
+    """An empty directory where `.venv/bin/…` works, as in the checkout."""
+    where.mkdir()
+    (where / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    return where
 
 
 def test_the_readme_has_an_example_for_every_way_in() -> None:
-    joined = "\n".join(readme_commands())
+    joined = "\n".join(blocks("sh"))
     for needle in (
         "/attachments?",  # single file
         "Transfer-Encoding: chunked",
-        "-F photo=@one.jpg",  # a form with several images
+        "-F file=@invoice.pdf",  # a form with one file
+        "-F photo=@one.png",  # a form with several images
         "/messages",  # JSON
         "/v1/attachments?",  # upload only
         "/content",  # download
         "chert-gateway send",
+        "chert-gateway download",
     ):
         assert needle in joined, needle
 
 
-async def test_every_readme_example_works_against_make_run(tmp_path: Path) -> None:
+def test_every_curl_fails_on_a_refusal_and_ids_are_captured() -> None:
+    for block in blocks("sh"):
+        for command in re.findall(r"\bcurl\b[^|\n]*(?:\\\n[^|\n]*)*", block):
+            assert "--fail-with-body" in command, command
+        assert "…" not in block, f"a placeholder to fill in by hand:\n{block}"
+    assert "ATTACHMENT_ID=$(" in README
+
+
+def test_the_readme_says_why_curl_d_corrupts_binaries() -> None:
+    assert "curl -d @invoice.pdf" in README
+    assert "--data-binary @file" in README
+
+
+@pytest.mark.parametrize("number", range(len(blocks("sh"))))
+async def test_each_shell_block_runs_as_pasted(number: int, tmp_path: Path) -> None:
     require_tool("curl")
-    for name, content_type in FILES.items():
-        (tmp_path / name).write_bytes(sample(content_type, 200_000))
+    block = blocks("sh")[number]
     async with GatewayProcess({}, "--simulate") as gateway:
-        env = {
-            **os.environ,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "CHERT_GATEWAY_URL": gateway.api,
-        }
-        last_answer: dict[str, Any] = {}
-        for command in readme_commands():
-            if match := re.fullmatch(r"(\w+)=(\S+)(\s+#.*)?", command):
-                name, value = match[1], match[2]
-                env[name] = last_answer["attachment_id"] if value == "…" else value
-                continue
-            code, out, err = await shell(
-                command.replace(README_GATEWAY, gateway.api), env=env, cwd=tmp_path
-            )
-            assert code == 0, (command, err)
-            if out.strip().startswith("{"):
-                answer = orjson.loads(out)
-                assert "error" not in answer, (command, answer)
-                last_answer = answer
-            elif "-o " not in command:
-                assert "sent " in out, (command, out)  # chert-gateway send, for a person
-    copy = tmp_path / "copy.pdf"
-    assert copy.read_bytes() == (tmp_path / "invoice.pdf").read_bytes()
+        code, out, err = await run(
+            "bash", "-e", "-o", "pipefail", "-c", block.replace(README_GATEWAY, gateway.api),
+            env=fresh_shell_env(tmp_path), cwd=checkout_like(tmp_path / "checkout"),
+            clean_env=True,
+        )  # fmt: skip
+    assert code == 0, (block, out, err)
+    assert '"error"' not in out, (block, out)
+
+
+async def test_the_python_example_runs_as_written(tmp_path: Path) -> None:
+    (example,) = blocks("python")
+    assert "asyncio.run(main())" in example
+    async with GatewayProcess({}, "--simulate") as gateway:
+        code, out, err = await run(
+            sys.executable, "-c", example.replace(README_GATEWAY, gateway.api),
+            env=fresh_shell_env(tmp_path), cwd=checkout_like(tmp_path / "checkout"),
+            clean_env=True,
+        )  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "checkout" / "copy.pdf").read_bytes() == b"%PDF-1.7\n%%EOF\n"
+    assert out.split()[1] == "2"
 
 
 def test_the_readme_states_every_limit_with_the_codes_number() -> None:
