@@ -36,7 +36,7 @@ from gateway.api.app import create_ops_app
 from gateway.ops.config import OPTIONS, parse_listen
 from gateway.ops.metrics import Metrics
 from tests.conftest import require_tool
-from tests.constants import SECRET
+from tests.constants import CHAT_ID, SECRET
 from tests.processes import GatewayProcess, curl
 from tests.samples import make_file
 
@@ -321,7 +321,7 @@ async def test_the_gateway_runs_as_the_image_runs_it(chert_server: Any, simulato
             "GATEWAY_DRAIN_SECONDS": "20",
         }
         async with GatewayProcess(env, command=command, cwd=workdir, user=65534) as gateway:
-            url = f"{gateway.api}/v1/chats/0f2d3c1a/attachments"
+            url = f"{gateway.api}/v1/chats/{CHAT_ID}/attachments"
             status, body = await curl("-T", str(upload), "-H", "Content-Type: image/png", url)
             assert status == 201, body
             # Chunked: through the spool directory.

@@ -109,16 +109,16 @@ def send_and_read_back(generated: _Generated, client: Any) -> None:
 def test_the_generated_form_body_sends_one_file(
     generated: _Generated, live_gateway_url: str
 ) -> None:
-    client = generated.module("client").Client(base_url=live_gateway_url)
     file_type = generated.module("types").File
     form_type = generated.module("models").SendFileFilesBody
     png = sample("image/png", 50_000)
     body = form_type(
         file=file_type(payload=io.BytesIO(png), file_name="a.png", mime_type="image/png")
     )
-    response = generated.module("api.send.send_file").sync_detailed(
-        CHAT_ID, client=client, body=body
-    )
+    with generated.client(live_gateway_url) as client:
+        response = generated.module("api.send.send_file").sync_detailed(
+            CHAT_ID, client=client, body=body
+        )
     assert response.status_code == 201, response.content
     assert (response.parsed.filename, response.parsed.size_bytes) == ("a.png", len(png))
 

@@ -642,7 +642,7 @@ def error_from_answer(
         return NotFoundError(chert_message or "attachment not found", chert_code=chert_code)
     if status == 404 and operation == "send_message":
         return NotFoundError(
-            f"{detail}: Chert has no such chat; use the chat.id POST /api/v1/chats returned",
+            f"{detail}; the chat id must be a chat.id that POST /api/v1/chats returned",
             chert_code=chert_code,
         )
     return UpstreamError(detail, chert_code=chert_code)

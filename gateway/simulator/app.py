@@ -454,9 +454,7 @@ class ChertSimulator:
             return canned
         chat_id = request.match_info["chat_id"]
         if chat_id not in self.state.chats:
-            raise ChertError(
-                404, NOT_FOUND, f"chat {chat_id} not found; use a chat.id from POST /api/v1/chats"
-            )
+            raise ChertError(404, NOT_FOUND, "chat not found")
         faults = self.faults
         if faults.send_delay_seconds:
             await asyncio.sleep(faults.send_delay_seconds)
