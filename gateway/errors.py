@@ -151,3 +151,8 @@ class UpstreamTimeoutError(GatewayError):
     code = "upstream_timeout"
     status = 504
     retryable = True
+
+
+def every_error_class(root: type[GatewayError] = GatewayError) -> list[type[GatewayError]]:
+    """The error tree, root first: what the API documents and a client maps back."""
+    return [root, *(cls for sub in root.__subclasses__() for cls in every_error_class(sub))]

@@ -20,7 +20,7 @@ import orjson
 from gateway import __version__
 from gateway.api.intake import ID_RE, MAX_CAPTION_CHARS
 from gateway.chert import media
-from gateway.errors import GatewayError
+from gateway.errors import every_error_class
 from gateway.ops.config import OPTIONS
 
 JSON = "application/json"
@@ -57,10 +57,7 @@ BINARY = {"type": "string", "format": "binary"}
 
 
 def _error_codes() -> list[str]:
-    def tree(cls: type[GatewayError]) -> list[type[GatewayError]]:
-        return [cls, *(c for sub in cls.__subclasses__() for c in tree(sub))]
-
-    return sorted({cls.code for cls in tree(GatewayError)})
+    return sorted({cls.code for cls in every_error_class()})
 
 
 def _answer(description: str, schema: str, *, replayable: bool = False) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from gateway.chert import media
 from gateway.chert.retry import parse_retry_after
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, every_error_class
 
 # Retried answers: the gateway is busy or Chert is, or the key's first request runs.
 RETRIED_CODES = frozenset(
@@ -482,15 +482,8 @@ async def _json(response: aiohttp.ClientResponse) -> Any:
         return None
 
 
-def _tree(cls: type[GatewayError]) -> list[type[GatewayError]]:
-    found: list[type[GatewayError]] = [cls]
-    for sub in cls.__subclasses__():
-        found += _tree(sub)
-    return found
-
-
 # code → class, so a client can raise the very error the gateway answered with.
-ERRORS_BY_CODE: dict[str, type[GatewayError]] = {cls.code: cls for cls in _tree(GatewayError)}
+ERRORS_BY_CODE: dict[str, type[GatewayError]] = {cls.code: cls for cls in every_error_class()}
 
 
 def from_answer(
