@@ -20,7 +20,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
 # A numeric user, so runAsNonRoot can verify it without /etc/passwd.
 USER 10001:10001
 WORKDIR /app
-EXPOSE 8080 9102
+EXPOSE 8790 9102
 # Exec form: the gateway is PID 1 and gets SIGTERM itself, then drains.
 ENTRYPOINT ["chert-gateway"]
 CMD ["serve"]

@@ -176,7 +176,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _listen_failure(exc: OSError) -> str:
-    """`cannot listen on 127.0.0.1:8080: address already in use`, from the bind's error."""
+    """`cannot listen on 127.0.0.1:8790: address already in use`, from the bind's error."""
     # asyncio's text: "error while attempting to bind on address ('h', p): reason"
     reason = (exc.strerror or str(exc)).rsplit(": ", 1)[-1].lower()
     where = re.search(r"\('?([^',]+)'?, (\d+)\)", str(exc))

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ops.config import OPTIONS, ConfigError, ListenAddress, Settings, parse_listen
+from gateway.ops.config import (
+    OPTIONS,
+    OPTIONS_BY_ENV,
+    ConfigError,
+    ListenAddress,
+    Settings,
+    parse_listen,
+)
 from gateway.ops.credentials import RECHECK_SECONDS, Credential
 
 BASE = {"CHERT_SIGNING_SECRET": "s3cret"}
@@ -16,7 +23,7 @@ BASE = {"CHERT_SIGNING_SECRET": "s3cret"}
 def test_defaults_match_the_spec() -> None:
     settings = Settings.from_env(BASE)
     assert str(settings.chert_api_url) == "https://console.trychert.com"
-    assert settings.listen == ListenAddress(host="127.0.0.1", port=8080)
+    assert settings.listen == ListenAddress(host="127.0.0.1", port=8790)
     assert settings.ops_listen == ListenAddress(host="0.0.0.0", port=9102)
     assert settings.max_upload_bytes == 104857600
     assert settings.max_in_flight == 64
@@ -118,3 +125,10 @@ def test_tokens_match_any_listed_value_and_never_show_in_repr() -> None:
 @pytest.mark.parametrize(("raw", "kept"), [("auto", None), ("0", 0), ("4", 4), ("", None)])
 def test_hashing_threads_are_auto_or_a_number(raw: str, kept: int | None) -> None:
     assert Settings.from_env({**BASE, "GATEWAY_SHA256_THREADS": raw}).sha256_threads == kept
+
+
+def test_the_clients_default_is_the_gateways_default_listener() -> None:
+    from gateway.client.calls import DEFAULT_URL
+
+    assert f"http://{OPTIONS_BY_ENV['GATEWAY_LISTEN'].default}" == DEFAULT_URL
+    assert not DEFAULT_URL.endswith(":8080")  # the port the app beside it usually has

@@ -19,7 +19,7 @@ from tests.processes import GatewayProcess, run
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
-README_GATEWAY = "http://127.0.0.1:8080"
+README_GATEWAY = "http://127.0.0.1:8790"
 
 
 def blocks(language: str) -> list[str]:

@@ -1,12 +1,12 @@
 """A small client for services written in Python, that makes the right
 request by default:
 
-    async with GatewayClient("http://127.0.0.1:8080") as gateway:
+    async with GatewayClient("http://127.0.0.1:8790") as gateway:
         answer = await gateway.send_file("invoice.pdf", chat_id, text="See attached.")
 
 or, blocking:
 
-    answer = BlockingGatewayClient("http://127.0.0.1:8080").send_file("invoice.pdf", chat_id)
+    answer = BlockingGatewayClient("http://127.0.0.1:8790").send_file("invoice.pdf", chat_id)
 
 The calls: `send_file` (one file, one message), `send_files` (several, one
 message), `upload` (no message), `send_message` (Chert's JSON parts) and
@@ -55,6 +55,8 @@ CHUNK_BYTES = 256 * 1024
 DEFAULT_ATTEMPTS = 4
 MAX_WAIT_SECONDS = 30.0
 
+# The gateway's default API listener (GATEWAY_LISTEN): a port no common app uses.
+DEFAULT_URL = "http://127.0.0.1:8790"
 Progress = Callable[[int], None]  # called with each number of bytes sent
 URL_RE = re.compile(r"^(https?://[^/\s]+/?|unix:/\S+)$")
 Source = str | os.PathLike[str] | BinaryIO  # a file's path, or a stream read once
@@ -90,7 +92,7 @@ def check_url(url: str) -> str:
 class GatewayClient:
     def __init__(
         self,
-        url: str = "http://127.0.0.1:8080",
+        url: str = DEFAULT_URL,
         *,
         token: str | None = None,
         attempts: int = DEFAULT_ATTEMPTS,
@@ -375,7 +377,7 @@ class GatewayClient:
 class BlockingGatewayClient:
     """The same calls, for code without an event loop: each call runs one."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8080", **options: Any) -> None:
+    def __init__(self, url: str = DEFAULT_URL, **options: Any) -> None:
         self._url, self._options = url, options
 
     def _run(self, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -29,6 +29,7 @@ import orjson
 from tqdm import tqdm
 
 from gateway.client.calls import (
+    DEFAULT_URL,
     GatewayClient,
     GatewayUnreachableError,
     NotAGatewayError,
@@ -37,7 +38,7 @@ from gateway.client.calls import (
 )
 from gateway.errors import GatewayError
 
-DEFAULT_GATEWAY = os.environ.get("CHERT_GATEWAY_URL", "http://127.0.0.1:8080")
+DEFAULT_GATEWAY = os.environ.get("CHERT_GATEWAY_URL", DEFAULT_URL)
 MIB = 1024 * 1024
 STDIN = "-"
 

@@ -85,7 +85,7 @@ OPTIONS: tuple[Option, ...] = (
         "seconds to wait for Chert to answer, or to take the next chunk of an upload",
         "SECONDS",
     ),
-    Option("GATEWAY_LISTEN", "127.0.0.1:8080", "API listener: host:port or unix:/path", "ADDR"),
+    Option("GATEWAY_LISTEN", "127.0.0.1:8790", "API listener: host:port or unix:/path", "ADDR"),
     Option(
         "GATEWAY_OPS_LISTEN", "0.0.0.0:9102", "ops listener (/metrics, /healthz, /readyz)", "ADDR"
     ),
