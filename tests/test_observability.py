@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client import generate_latest
 
 from gateway.api.keys import ADMISSION, METRICS
 from gateway.ops import logs
@@ -222,3 +223,41 @@ async def test_an_error_log_line_names_the_codes(
         4001,
         502,
     )
+
+
+async def test_answers_are_counted_by_status_class_and_error_code(
+    make_gateway: GatewayFactory,
+) -> None:
+    """401, 413 and 415 are told apart, with a label set bounded by the error tree."""
+    client = await make_gateway(GATEWAY_CLIENT_TOKENS="tok", GATEWAY_MAX_UPLOAD_BYTES=1000)
+    token = {"Authorization": "Bearer tok"}
+    await send(client, png_bytes(100))  # no token: 401
+    await send(client, png_bytes(5000), headers=token)  # 413
+    await send(client, png_bytes(100), content_type="text/plain", headers=token)  # 415
+    status, _, _ = await send(client, png_bytes(100), headers=token)
+    assert status == 201
+    metrics = metrics_of(client)
+
+    def answered(status_class: str, code: str) -> float | None:
+        labels = {"route": "send_file", "status_class": status_class, "code": code}
+        return metrics.registry.get_sample_value("chert_gateway_responses_total", labels)
+
+    assert answered("4xx", "unauthorized") == 1
+    assert answered("4xx", "payload_too_large") == 1
+    assert answered("4xx", "unsupported_media_type") == 1
+    assert answered("2xx", "ok") == 1
+
+
+async def test_downloaded_bytes_are_counted_and_no_created_series_is_exported(
+    gateway: TestClient[Any, Any],
+) -> None:
+    body = png_bytes(300_000)
+    status, answer, _ = await send(gateway, body)
+    assert status == 201
+    response = await gateway.get(f"/v1/attachments/{answer['attachment_id']}/content")
+    assert len(await response.read()) == len(body)
+    metrics = metrics_of(gateway)
+    assert metrics.registry.get_sample_value("chert_gateway_downloaded_bytes_total") == len(body)
+    exported = generate_latest(metrics.registry).decode()
+    assert "_created" not in exported
+    assert "chert_gateway_requests_total" in exported

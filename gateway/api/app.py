@@ -183,6 +183,7 @@ def _record(
     outcome = _outcome(request, error)
     metrics = request.app[METRICS]
     metrics.requests.labels(route_label, outcome).inc()
+    metrics.response(route_label, response.status, error.code if error is not None else None)
     metrics.request_seconds.labels(route_label, outcome).observe(elapsed)
     fields: dict[str, Any] = {
         "request_id": request_id,
@@ -211,6 +212,7 @@ def refusal_recorder(metrics: Metrics) -> OnRefusal:
     def refused(error: GatewayError, request_id: str, exc: BaseException | None) -> None:
         outcome = _outcome_of(error)
         metrics.requests.labels("unmatched", outcome).inc()
+        metrics.response("unmatched", error.status, error.code)
         fields = {
             "request_id": request_id,
             "route": "unmatched",

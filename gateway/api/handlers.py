@@ -29,6 +29,7 @@ from gateway.api.keys import (
     HASHING,
     IDEMPOTENCY,
     LOG_FIELDS_KEY,
+    METRICS,
     OUTCOME_KEY,
     PIPELINE,
     SETTINGS,
@@ -396,9 +397,11 @@ async def attachment_content(request: web.Request) -> web.StreamResponse:
                 request[OUTCOME_KEY] = "downloaded"
                 return response
             await response.prepare(request)
+            sent = 0
             try:
                 async for chunk in upstream.content.iter_chunked(CHUNK_BYTES):
                     await response.write(chunk)
+                    sent += len(chunk)
             except (aiohttp.ClientError, TimeoutError):
                 # The headers are gone; a cut connection is the only honest signal.
                 request[OUTCOME_KEY] = "upstream_error"
@@ -408,6 +411,8 @@ async def attachment_content(request: web.Request) -> web.StreamResponse:
             except ConnectionResetError:
                 request[OUTCOME_KEY] = "client_aborted"
                 return response
+            finally:
+                request.app[METRICS].downloaded_bytes.inc(sent)  # once per download
             await response.write_eof()
     finally:
         registered.cancel()

@@ -17,6 +17,7 @@ from prometheus_client import (
     Histogram,
     Info,
     ProcessCollector,
+    disable_created_metrics,
 )
 
 from gateway import __version__
@@ -56,6 +57,11 @@ class Labelled(Generic[LabelledMetric]):
         return child
 
 
+# Each counter and histogram would also export a `*_created` series (its
+# start time): a series per child that no dashboard or alert reads.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -65,6 +71,14 @@ class Metrics:
                 "chert_gateway_requests",
                 "API requests (uploads, sends, downloads) by route and outcome",
                 ["route", "outcome"],
+                registry=r,
+            )
+        )
+        self.responses = Labelled(
+            Counter(
+                "chert_gateway_responses",
+                "API answers by route, HTTP status class and error code (ok for a success)",
+                ["route", "status_class", "code"],
                 registry=r,
             )
         )
@@ -97,6 +111,11 @@ class Metrics:
         )
         self.received_bytes = Counter(
             "chert_gateway_received_bytes", "Body bytes received from callers", registry=r
+        )
+        self.downloaded_bytes = Counter(
+            "chert_gateway_downloaded_bytes",
+            "File bytes streamed from Chert to callers (downloads)",
+            registry=r,
         )
         self.upstream_bytes = Counter(
             "chert_gateway_upstream_bytes", "Body bytes delivered to Chert", registry=r
@@ -170,6 +189,10 @@ class Metrics:
 
     def upstream_retry(self, operation: str, reason: str) -> None:
         self.upstream_retries.labels(operation, reason).inc()
+
+    def response(self, route: str, status: int, code: str | None) -> None:
+        """One answer; `code` is the error's (bounded by the error tree)."""
+        self.responses.labels(route, f"{status // 100}xx", code or "ok").inc()
 
     def chert_error(self, operation: str, code: int) -> None:
         label = str(code) if code in CHERT_CODES else "other"
