@@ -252,3 +252,32 @@ def test_the_kubernetes_wrappers_are_rendered_from_the_sources() -> None:
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(configmap["data"]["chert-gateway.json"])
     assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource", "pod"]
+
+
+def test_every_alert_stays_silent_in_a_unit_test() -> None:
+    tests = yaml.safe_load((MONITORING / "alerts.test.yaml").read_text())["tests"]
+    silent = {
+        case["alertname"]
+        for test in tests
+        for case in test["alert_rule_test"]
+        if not case.get("exp_alerts")
+    }
+    assert silent == {rule["alert"] for rule in alert_rules()}
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    anchors = {line[3:].strip().lower() for line in runbook.splitlines() if line.startswith("## ")}
+    for rule in alert_rules():
+        url = rule["annotations"]["runbook_url"]
+        path, _, anchor = url.partition("#")
+        assert (ROOT / path).is_file(), url
+        assert anchor in anchors, url
+        section = runbook.split(f"## {rule['alert']}\n", 1)[1].split("\n## ", 1)[0]
+        for part in ("**Means**", "**Check**", "**Do**"):
+            assert part in section, (rule["alert"], part)
+
+
+def test_a_missing_target_has_its_own_alert() -> None:
+    (absent,) = [r for r in alert_rules() if "absent(" in r["expr"]]
+    assert absent["expr"].strip() == 'absent(up{job="chert-gateway"})'
