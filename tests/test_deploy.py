@@ -3,16 +3,16 @@ the contracts between them and the gateway: probe paths, ports, variable
 names, the drain and grace period, the restricted security context, the
 socket path, the user id.
 
-There is no cluster here, so the kustomizations are rendered by a small
-subset of kustomize (resources and JSON 6902 patches: all they use) and
-every resulting object is validated: built-in kinds with
-kubernetes-validate, the prometheus-operator kinds with k8s/schemas/.
+There is no cluster here, so the kustomizations are rendered offline by
+`kubectl kustomize` and every resulting object is validated: built-in kinds
+with kubernetes-validate, the prometheus-operator kinds with k8s/schemas/.
+The sidecar component is also added to a new app's kustomization exactly as
+docs/deploy.md shows it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import os
 import re
@@ -24,7 +24,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import jsonpatch
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -47,7 +46,7 @@ CUSTOM_SCHEMAS = {
     "PodMonitor": K8S / "schemas" / "podmonitor-monitoring-v1.json",
     "PrometheusRule": K8S / "schemas" / "prometheusrule-monitoring-v1.json",
 }
-KUSTOMIZATIONS = ["base", "overlays/unix-socket", "overlays/small"]
+KUSTOMIZATIONS = ["base", "overlays/unix-socket", "overlays/small", "overlays/network-policy"]
 Manifest = dict[str, Any]
 
 
@@ -56,28 +55,24 @@ def load_all(path: Path) -> list[Manifest]:
 
 
 def kustomize(directory: Path) -> list[Manifest]:
-    """`kustomize build`, for the features these kustomizations use."""
-    spec = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    assert set(spec) <= {"apiVersion", "kind", "resources", "patches"}, "renderer too small"
-    objects: list[Manifest] = []
-    for entry in spec.get("resources", []):
-        target = directory / entry
-        objects += kustomize(target) if target.is_dir() else load_all(target)
-    for patch in spec.get("patches", []):
-        ops = yaml.safe_load((directory / patch["path"]).read_text())
-        matched = [
-            i
-            for i, obj in enumerate(objects)
-            if obj["kind"] == patch["target"]["kind"]
-            and obj["metadata"]["name"] == patch["target"]["name"]
-        ]
-        assert len(matched) == 1, f"{patch} matches {len(matched)} objects"
-        objects[matched[0]] = jsonpatch.apply_patch(objects[matched[0]], ops)
-    return copy.deepcopy(objects)
+    """`kubectl kustomize`: the real renderer, offline."""
+    result = subprocess.run(
+        [require_tool("kubectl"), "kustomize", str(directory)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def find(objects: list[Manifest], kind: str, name: str | None = None) -> Manifest:
-    (found,) = [o for o in objects if o["kind"] == kind and name in (None, o["metadata"]["name"])]
+    """The one object of `kind` (named `name`, or generated from that name
+    with kustomize's hash suffix)."""
+    (found,) = [
+        o
+        for o in objects
+        if o["kind"] == kind
+        and (name is None or re.fullmatch(rf"{name}(-[a-z0-9]{{10}})?", o["metadata"]["name"]))
+    ]
     return found
 
 
@@ -90,10 +85,19 @@ def gateway_container(deployment: Manifest) -> Manifest:
     return dict(container)
 
 
-def gateway_env(objects: list[Manifest]) -> dict[str, str]:
-    """The gateway's environment as the pod would see it."""
-    env = dict(find(objects, "ConfigMap", "chert-gateway-config")["data"])
-    for item in gateway_container(find(objects, "Deployment")).get("env", []):
+def gateway_env(objects: list[Manifest], workload: str = "Deployment") -> dict[str, str]:
+    """The gateway's environment as the pod would see it: its ConfigMaps in
+    envFrom order (an optional one may be missing), then its env."""
+    container = gateway_container(find(objects, workload))
+    config_maps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        ref = source["configMapRef"]
+        if ref["name"] in config_maps:
+            env.update(config_maps[ref["name"]]["data"])
+        else:
+            assert ref.get("optional"), f"{ref['name']} is not rendered"
+    for item in container.get("env", []):
         env[item["name"]] = item["value"]
     return env
 
@@ -117,7 +121,7 @@ def test_every_object_validates_strictly(rendered: list[Manifest], version: str)
 
 
 def test_the_custom_schemas_are_strict() -> None:
-    podmonitor = load_all(K8S / "base" / "podmonitor.yaml")[0]
+    podmonitor = load_all(K8S / "components" / "sidecar" / "podmonitor.yaml")[0]
     podmonitor["spec"]["podMetricsEndpoints"][0]["intervall"] = "30s"  # a typo
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(podmonitor, json.loads(CUSTOM_SCHEMAS["PodMonitor"].read_text()))
@@ -257,19 +261,25 @@ def test_monitoring_selects_the_sidecar_and_its_metric_names(rendered: list[Mani
     hpa_metric = find(rendered, "HorizontalPodAutoscaler")["spec"]["metrics"][0]["pods"]["metric"]
     names = {family.name for family in Metrics().registry.collect()}
     assert hpa_metric["name"] in names
+
+
+def test_the_network_policy_is_opt_in_and_admits_the_ops_port() -> None:
+    """A policy selects whole pods: it is not in the base, only where asked for."""
+    assert not [o for o in kustomize(K8S / "base") if o["kind"] == "NetworkPolicy"]
+    rendered = kustomize(K8S / "overlays" / "network-policy")
     policy = find(rendered, "NetworkPolicy")
+    template_labels = find(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    for key, value in policy["spec"]["podSelector"]["matchLabels"].items():
+        assert template_labels[key] == value
     ops_port = parse_listen(gateway_env(rendered)["GATEWAY_OPS_LISTEN"]).port
     assert policy["spec"]["ingress"][0]["ports"][0]["port"] == ops_port
 
 
-def test_the_image_runs_as_the_pods_user_and_pins_this_version() -> None:
+def test_the_image_runs_as_the_sidecars_user_and_pins_this_version() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     (user,) = re.findall(r"^USER (\d+):(\d+)$", dockerfile, flags=re.M)
-    pod = find(kustomize(K8S / "base"), "Deployment")["spec"]["template"]["spec"]
-    assert (int(user[0]), int(user[1])) == (
-        pod["securityContext"]["runAsUser"],
-        pod["securityContext"]["runAsGroup"],
-    )
+    context = gateway_container(find(kustomize(K8S / "base"), "Deployment"))["securityContext"]
+    assert (int(user[0]), int(user[1])) == (context["runAsUser"], context["runAsGroup"])
     assert f"chert-gateway=={__version__}" in dockerfile
 
 
@@ -349,3 +359,89 @@ async def test_the_gateway_runs_as_the_image_runs_it(chert_server: Any, simulato
         assert len(simulator.state.messages) == 3
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- the component added to a new app, as docs/deploy.md shows it ---------------------
+
+NEW_APP = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: invoices, labels: {app: invoices}}
+spec:
+  selector: {matchLabels: {app: invoices}}
+  template:
+    metadata: {labels: {app: invoices}}
+    spec:
+      containers:
+        - name: invoices
+          image: registry.example.com/invoices:1.0
+          env: [{name: CHERT_GATEWAY_URL, value: "http://127.0.0.1:8790"}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: reports}
+spec:
+  serviceName: reports
+  selector: {matchLabels: {app: reports}}
+  template:
+    metadata: {labels: {app: reports}}
+    spec:
+      containers: [{name: reports, image: registry.example.com/reports:1.0}]
+      volumes: [{name: data, emptyDir: {}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: cron-ui, annotations: {chert-gateway/sidecar: "false"}}
+spec:
+  selector: {matchLabels: {app: cron-ui}}
+  template:
+    metadata: {labels: {app: cron-ui}}
+    spec:
+      containers: [{name: ui, image: registry.example.com/ui:1.0}]
+"""
+
+
+def documented_kustomization() -> str:
+    """The kustomization.yaml docs/deploy.md tells a user to write."""
+    section = (ROOT / "docs" / "deploy.md").read_text().split("## Add the sidecar", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, flags=re.S)
+    assert block is not None
+    return "\n".join(line.removeprefix("   ") for line in block[1].splitlines())
+
+
+def test_the_component_adds_the_sidecar_to_a_new_app_as_documented(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "my-app.yaml").write_text(NEW_APP)
+    kustomization = documented_kustomization()
+    assert kustomization.count("components:") == 1
+    # The docs' layout: the checkout beside the app.
+    (tmp_path / "chert-gateway").symlink_to(ROOT)
+    (app / "kustomization.yaml").write_text(kustomization)
+    rendered = kustomize(app)
+
+    for version in KUBERNETES_VERSIONS:
+        for obj in rendered:
+            if obj["kind"] in CUSTOM_SCHEMAS:
+                jsonschema.validate(obj, json.loads(CUSTOM_SCHEMAS[obj["kind"]].read_text()))
+            else:
+                kubernetes_validate.validate(obj, version, strict=True)
+    for workload in ("Deployment", "StatefulSet"):
+        name = "invoices" if workload == "Deployment" else "reports"
+        obj = find(rendered, workload, name)
+        pod = obj["spec"]["template"]
+        assert pod["metadata"]["labels"]["chert-gateway/sidecar"] == "true"
+        (sidecar,) = pod["spec"]["initContainers"]
+        assert sidecar["restartPolicy"] == "Always"
+        assert {"chert-secret", "spool", "tmp"} <= {v["name"] for v in pod["spec"]["volumes"]}
+    statefulset_volumes = find(rendered, "StatefulSet")["spec"]["template"]["spec"]["volumes"]
+    assert "data" in {v["name"] for v in statefulset_volumes}  # the app's own are kept
+    opted_out = find(rendered, "Deployment", "cron-ui")["spec"]["template"]["spec"]
+    assert "initContainers" not in opted_out
+
+    # The user's one value overrides the defaults, which stay in force otherwise.
+    env = gateway_env([o for o in rendered if o["metadata"]["name"] != "cron-ui"])
+    assert env["CHERT_TENANT"] == "acme"
+    assert env["GATEWAY_LISTEN"] == "127.0.0.1:8790"
+    podmonitor = find(rendered, "PodMonitor")
+    assert podmonitor["spec"]["selector"]["matchLabels"] == {"chert-gateway/sidecar": "true"}
