@@ -30,7 +30,12 @@ from tests.samples import sample
 ROOT = Path(__file__).resolve().parent.parent
 MONITORING = ROOT / "monitoring"
 # Grafana's variables, as a query of the whole fleet would fill them in.
-GRAFANA_VARIABLES = {"$pod": ".*", "$__rate_interval": "30s"}
+GRAFANA_VARIABLES = {
+    "$cluster": ".*",
+    "$namespace": ".*",
+    "$pod": ".*",
+    "$__rate_interval": "30s",
+}
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -251,7 +256,12 @@ def test_the_kubernetes_wrappers_are_rendered_from_the_sources() -> None:
     configmap = yaml.safe_load((ROOT / "k8s" / "monitoring" / "grafana-dashboard.yaml").read_text())
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(configmap["data"]["chert-gateway.json"])
-    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource", "pod"]
+    assert [v["name"] for v in dashboard["templating"]["list"]] == [
+        "datasource",
+        "cluster",
+        "namespace",
+        "pod",
+    ]
 
 
 def test_every_alert_stays_silent_in_a_unit_test() -> None:
@@ -281,3 +291,23 @@ def test_every_alert_has_a_runbook_section() -> None:
 def test_a_missing_target_has_its_own_alert() -> None:
     (absent,) = [r for r in alert_rules() if "absent(" in r["expr"]]
     assert absent["expr"].strip() == 'absent(up{job="chert-gateway"})'
+
+
+def test_the_dashboard_opens_on_single_numbers_and_scopes_every_query() -> None:
+    dashboard = json.loads((MONITORING / "dashboard.json").read_text())
+    panels = dashboard["panels"]
+    first_row = [p for p in panels[1:] if p["gridPos"]["y"] == panels[1]["gridPos"]["y"]]
+    assert [p["type"] for p in first_row] == ["stat"] * 4
+    assert [p["title"] for p in first_row] == [
+        "Uploads per second", "Failure ratio", "p99 upload time", "Bytes per second to Chert",
+    ]  # fmt: skip
+    for title, expr in dashboard_queries():
+        assert 'cluster=~"$cluster", namespace=~"$namespace", pod=~"$pod"' in expr, title
+    failure_ratios = [e for t, e in dashboard_queries() if "Failure ratio" in t]
+    assert len(failure_ratios) == 2
+    assert all("overloaded" in e for e in failure_ratios)  # the gateway's own 503s
+    memory = [p for p in panels if "process_resident_memory_bytes" in json.dumps(p)]
+    cpu = [p for p in panels if "process_cpu_seconds_total" in json.dumps(p)]
+    assert len(memory) == len(cpu) == 1
+    assert memory[0] is not cpu[0]
+    assert memory[0]["fieldConfig"]["defaults"]["unit"] == "bytes"
