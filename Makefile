@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test system-deps lint typecheck pytest monitoring bench bench-quick soak json-call clean
+.PHONY: run test system-deps lint typecheck pytest monitoring dashboard-preview bench bench-quick soak json-call clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ soak: $(BENCH_STAMP)
 ## json-call: the CPU of one JSON call to Chert, by HTTP client (a minute)
 json-call: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/json_call.py
+
+## dashboard-preview: every dashboard panel from its own PromQL on a real Prometheus, after a minute of load, into docs/dashboard-preview.png
+dashboard-preview: $(BENCH_STAMP) system-deps
+	$(BIN)/python monitoring/preview.py
 
 ## monitoring: re-render k8s/monitoring/ from monitoring/ (dashboard, alerts)
 monitoring: $(STAMP)

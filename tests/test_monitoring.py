@@ -311,3 +311,13 @@ def test_the_dashboard_opens_on_single_numbers_and_scopes_every_query() -> None:
     assert len(memory) == len(cpu) == 1
     assert memory[0] is not cpu[0]
     assert memory[0]["fieldConfig"]["defaults"]["unit"] == "bytes"
+
+
+def test_the_monitoring_doc_names_every_panel_and_alert() -> None:
+    doc = (ROOT / "docs" / "monitoring.md").read_text()
+    dashboard = json.loads((MONITORING / "dashboard.json").read_text())
+    for panel in dashboard["panels"]:
+        assert (f"| {panel['title']} |" in doc) or (f"**{panel['title']}**" in doc), panel["title"]
+    for rule in alert_rules():
+        assert f"[{rule['alert']}]" in doc, rule["alert"]
+    assert (ROOT / "docs" / "dashboard-preview.png").stat().st_size > 50_000
