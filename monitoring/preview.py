@@ -32,10 +32,10 @@ import aiohttp
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-import orjson  # noqa: E402
-import yaml  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import matplotlib.pyplot as plt
+import orjson
+import yaml
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "monitoring" / "dashboard.json"
@@ -241,7 +241,8 @@ def draw(series: dict[int, list[tuple[str, Any]]], output: Path) -> None:
         if found:
             ax.legend(fontsize=6, loc="upper left")
     figure.suptitle(
-        "chert-gateway dashboard, each panel's own PromQL on a real Prometheus (seconds into the run)",
+        "chert-gateway dashboard: each panel's own PromQL on a real Prometheus"
+        " (seconds into the run)",
         fontsize=14,
         y=0.995,
     )
