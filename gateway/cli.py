@@ -23,7 +23,7 @@ from aiohttp import web
 from gateway import __version__
 from gateway.client.commands import add_download_command, add_send_command
 from gateway.demo import add_demo_command
-from gateway.ops import logs, tuning
+from gateway.ops import logs, tracing, tuning
 from gateway.ops.config import OPTIONS, ConfigError, Settings, parse_listen
 from gateway.server import RUNNER_OPTIONS, Running, serve, start_site
 from gateway.simulator import ChertSimulator
@@ -157,6 +157,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"chert-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     _configure_logs(args)
+    try:
+        tracing.start({**os.environ, **overrides})
+    except ValueError as exc:
+        print(f"chert-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
     tuning.tune_malloc()
     tuning.tune_gc()
 
@@ -172,6 +177,8 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        tracing.stop()  # the spans still batched are sent
     return 0
 
 

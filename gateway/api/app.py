@@ -51,7 +51,7 @@ from gateway.errors import (
     PayloadTooLargeError,
     UnauthorizedError,
 )
-from gateway.ops import logs
+from gateway.ops import logs, tracing
 from gateway.ops.config import Settings
 from gateway.ops.metrics import Metrics
 
@@ -126,21 +126,52 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     request_id = request[REQUEST_ID_KEY] = _request_id(request)
     started = time.perf_counter()
     error: GatewayError | None = None
-    try:
-        response = await handler(request)
-    except GatewayError as exc:
-        error = exc
-    except web.HTTPException as exc:
-        error = _from_http_exception(exc)
-    except Exception:
-        log.exception("unexpected error", extra={"fields": {"request_id": request_id}})
-        error = GatewayError("unexpected error in the gateway; see its log for request_id")
-    if error is not None:
-        response = error_response(error, request, request_id)
-    _record(request, response, error, request_id, time.perf_counter() - started)
+    with tracing.server_span(
+        f"{request.method} {_route_label(request)}", request.headers,
+        **{"http.request.method": request.method, "http.route": _route_label(request),
+           "chert_gateway.request_id": request_id},
+    ) as span:  # fmt: skip
+        try:
+            response = await handler(request)
+        except GatewayError as exc:
+            error = exc
+        except web.HTTPException as exc:
+            error = _from_http_exception(exc)
+        except Exception:
+            log.exception("unexpected error", extra={"fields": {"request_id": request_id}})
+            error = GatewayError("unexpected error in the gateway; see its log for request_id")
+        if error is not None:
+            response = error_response(error, request, request_id)
+            tracing.failed(span, error.code, error.message)
+        tracing.set_attributes(
+            span,
+            **{
+                "http.response.status_code": response.status,
+                "chert_gateway.outcome": _outcome(request, error),
+                "chert_gateway.chert_code": error.chert_code if error is not None else None,
+                "chert_gateway.bytes_received": request.content.total_bytes,
+                **_span_fields(request.get(LOG_FIELDS_KEY, {})),
+            },
+        )
+        _record(request, response, error, request_id, time.perf_counter() - started)
     if error is not None:
         _release_frames(error)
     return response
+
+
+def _span_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """The request's result (ids, sizes) as span attributes."""
+    return {
+        "chert_gateway.attachment_ids": fields.get("attachment_ids"),
+        "chert_gateway.size_bytes": fields.get("size_bytes"),
+        "chert_gateway.message_id": fields.get("message_id"),
+    }
+
+
+def _route_label(request: web.Request) -> str:
+    """The route's name: a bounded label for metrics, logs and span names."""
+    resource = request.match_info.route.resource
+    return (resource.name if resource is not None else None) or "unmatched"
 
 
 async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -178,8 +209,7 @@ def _record(
     elapsed: float,
 ) -> None:
     """Count and log one request. Only bounded values become labels."""
-    resource = request.match_info.route.resource
-    route_label = (resource.name if resource is not None else None) or "unmatched"
+    route_label = _route_label(request)
     outcome = _outcome(request, error)
     metrics = request.app[METRICS]
     metrics.requests.labels(route_label, outcome).inc()
@@ -197,6 +227,8 @@ def _record(
         "bytes_received": request.content.total_bytes,
         **request.get(LOG_FIELDS_KEY, {}),
     }
+    if (trace_id := tracing.current_trace_id()) is not None:
+        fields["trace_id"] = trace_id
     if error is not None:
         fields["error_code"] = error.code
         fields["chert_code"] = error.chert_code

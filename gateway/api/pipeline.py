@@ -16,6 +16,8 @@ access log says of it (`log_fields`) and, for idempotency, what its body was
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +25,8 @@ from gateway.api.body import HashedBody
 from gateway.api.idempotency import file_print
 from gateway.chert.client import ChertClient
 from gateway.chert.media import FileMeta
+from gateway.errors import GatewayError
+from gateway.ops import tracing
 from gateway.ops.metrics import Metrics
 
 
@@ -136,11 +140,18 @@ class UploadPipeline:
     async def upload(self, meta: FileMeta, body: HashedBody) -> UploadedFile:
         """Create the slot and stream the body into it; nothing is sent."""
         started = time.perf_counter()
-        slot = await self._chert.create_attachment(meta.filename, meta.content_type, body.size)
+        sized = {"chert_gateway.size_bytes": body.size}
+        with phase_span(
+            "create_slot", **sized, **{"chert_gateway.content_type": meta.content_type}
+        ):
+            slot = await self._chert.create_attachment(meta.filename, meta.content_type, body.size)
         slot_done = time.perf_counter()
         self._metrics.phase_seconds.labels("create_slot").observe(slot_done - started)
         try:
-            await self._chert.upload(slot, body, meta.content_type)
+            with phase_span(
+                "upload", **sized, **{"chert_gateway.attachment_id": slot.attachment_id}
+            ):
+                await self._chert.upload(slot, body, meta.content_type)
         finally:
             upload_done = time.perf_counter()
             self._metrics.received_bytes.inc(body.received)
@@ -217,7 +228,22 @@ class UploadPipeline:
         if parallel_attachments is not None:
             payload["parallel_attachments"] = parallel_attachments
         started = time.perf_counter()
-        message = await self._chert.send_message(chat_id, payload, idempotency_key)
+        with phase_span("send", **{"chert_gateway.parts": len(parts)}) as span:
+            message = await self._chert.send_message(chat_id, payload, idempotency_key)
+            tracing.set_attributes(span, **{"chert_gateway.message_id": message.get("id")})
         elapsed = time.perf_counter() - started
         self._metrics.phase_seconds.labels("send").observe(elapsed)
         return message, elapsed
+
+
+@contextmanager
+def phase_span(phase: str, **attributes: Any) -> Iterator[Any]:
+    """A span for one phase (its calls to Chert, retries included), marked
+    with the gateway's error code and Chert's when the phase fails."""
+    with tracing.span(f"chert {phase}", **{"chert_gateway.phase": phase, **attributes}) as span:
+        try:
+            yield span
+        except GatewayError as exc:
+            tracing.set_attributes(span, **{"chert.code": exc.chert_code})
+            tracing.failed(span, exc.code, exc.message)
+            raise

@@ -54,6 +54,7 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from gateway.ops import tracing
 from gateway.ops.credentials import Credential
 
 T = TypeVar("T")
@@ -332,6 +333,7 @@ class ChertClient:
         Not retried: once bytes flow to the caller there is no starting over.
         """
         headers = {"Authorization": self._auth_header()}
+        tracing.inject(headers)
         if self._tenant:
             headers["x-chert-tenant"] = self._tenant
         # No total timeout: a large file takes as long as it takes; a stall
@@ -394,6 +396,7 @@ class ChertClient:
         # aiohttp keeps a streamed body's length only when the header is set;
         # without it the PUT would go chunked, which Chert refuses.
         headers["Content-Length"] = str(size)
+        tracing.inject(headers)
         return headers
 
     # -- calls, answers and retries ---------------------------------------------
@@ -418,7 +421,7 @@ class ChertClient:
             try:
                 return await attempt_once()
             except DroppedConnectionError:
-                self._observer.upstream_retry(operation, "dropped_connection")
+                self._retrying(operation, "dropped_connection")
         return await attempt_once()
 
     def _dropped(self, operation: str, connection: pool.Attempt) -> DroppedConnectionError:
@@ -443,13 +446,18 @@ class ChertClient:
             self._retry,
             is_transient=_is_transient,
             retry_after=_retry_after,
-            before_retry=lambda exc: self._observer.upstream_retry(operation, _retry_reason(exc)),
+            before_retry=lambda exc: self._retrying(operation, _retry_reason(exc)),
         )
+
+    def _retrying(self, operation: str, reason: str) -> None:
+        self._observer.upstream_retry(operation, reason)
+        tracing.add_event("retry", operation=operation, reason=reason)
 
     async def _call(
         self, operation: str, method: str, path: str, body: dict[str, Any] | None
     ) -> dict[str, Any]:
         headers = {"Authorization": self._auth_header()}
+        tracing.inject(headers)
         data = None
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -577,6 +585,7 @@ class ChertClient:
             raise
         finally:
             self._observer.upstream_call(operation, call.status, time.perf_counter() - started)
+            tracing.annotate(**{"chert.http.status": call.status})
 
 
 def _retry_reason(exc: Exception) -> str:
