@@ -123,49 +123,64 @@ def error_response(error: GatewayError, request: web.Request, request_id: str) -
 
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not tracing.enabled():
+        return await _handle(request, handler, None)
+    route = _route_label(request)
+    with tracing.server_span(
+        f"{request.method} {route}", request.headers,
+        **{"http.request.method": request.method, "http.route": route},
+    ) as span:  # fmt: skip
+        return await _handle(request, handler, span)
+
+
+async def _handle(request: web.Request, handler: Handler, span: Any) -> web.StreamResponse:
+    """The request, answered whatever it raised, then counted and logged
+    (and told to its span, when tracing is on)."""
     request_id = request[REQUEST_ID_KEY] = _request_id(request)
     started = time.perf_counter()
     error: GatewayError | None = None
-    with tracing.server_span(
-        f"{request.method} {_route_label(request)}", request.headers,
-        **{"http.request.method": request.method, "http.route": _route_label(request),
-           "chert_gateway.request_id": request_id},
-    ) as span:  # fmt: skip
-        try:
-            response = await handler(request)
-        except GatewayError as exc:
-            error = exc
-        except web.HTTPException as exc:
-            error = _from_http_exception(exc)
-        except Exception:
-            log.exception("unexpected error", extra={"fields": {"request_id": request_id}})
-            error = GatewayError("unexpected error in the gateway; see its log for request_id")
-        if error is not None:
-            response = error_response(error, request, request_id)
-            tracing.failed(span, error.code, error.message)
-        tracing.set_attributes(
-            span,
-            **{
-                "http.response.status_code": response.status,
-                "chert_gateway.outcome": _outcome(request, error),
-                "chert_gateway.chert_code": error.chert_code if error is not None else None,
-                "chert_gateway.bytes_received": request.content.total_bytes,
-                **_span_fields(request.get(LOG_FIELDS_KEY, {})),
-            },
-        )
-        _record(request, response, error, request_id, time.perf_counter() - started)
+    try:
+        response = await handler(request)
+    except GatewayError as exc:
+        error = exc
+    except web.HTTPException as exc:
+        error = _from_http_exception(exc)
+    except Exception:
+        log.exception("unexpected error", extra={"fields": {"request_id": request_id}})
+        error = GatewayError("unexpected error in the gateway; see its log for request_id")
+    if error is not None:
+        response = error_response(error, request, request_id)
+    if span is not None:
+        _tell_span(span, request, response, error, request_id)
+    _record(request, response, error, request_id, time.perf_counter() - started)
     if error is not None:
         _release_frames(error)
     return response
 
 
-def _span_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """The request's result (ids, sizes) as span attributes."""
-    return {
-        "chert_gateway.attachment_ids": fields.get("attachment_ids"),
-        "chert_gateway.size_bytes": fields.get("size_bytes"),
-        "chert_gateway.message_id": fields.get("message_id"),
-    }
+def _tell_span(
+    span: Any,
+    request: web.Request,
+    response: web.StreamResponse,
+    error: GatewayError | None,
+    request_id: str,
+) -> None:
+    if error is not None:
+        tracing.failed(span, error.code, error.message)
+    fields = request.get(LOG_FIELDS_KEY, {})
+    tracing.set_attributes(
+        span,
+        **{
+            "chert_gateway.request_id": request_id,
+            "http.response.status_code": response.status,
+            "chert_gateway.outcome": _outcome(request, error),
+            "chert_gateway.chert_code": error.chert_code if error is not None else None,
+            "chert_gateway.bytes_received": request.content.total_bytes,
+            "chert_gateway.attachment_ids": fields.get("attachment_ids"),
+            "chert_gateway.size_bytes": fields.get("size_bytes"),
+            "chert_gateway.message_id": fields.get("message_id"),
+        },
+    )
 
 
 def _route_label(request: web.Request) -> str:

@@ -240,6 +240,9 @@ class UploadPipeline:
 def phase_span(phase: str, **attributes: Any) -> Iterator[Any]:
     """A span for one phase (its calls to Chert, retries included), marked
     with the gateway's error code and Chert's when the phase fails."""
+    if not tracing.enabled():
+        yield None
+        return
     with tracing.span(f"chert {phase}", **{"chert_gateway.phase": phase, **attributes}) as span:
         try:
             yield span
