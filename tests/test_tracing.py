@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -173,3 +174,23 @@ async def test_the_gateway_process_traces_when_otel_says_so(tmp_path: Path) -> N
     assert "tracing on: spans exported by console" in gateway.output
     assert '"name": "PUT send_file"' in gateway.output  # curl -T puts
     assert f'"trace_id": "0x{TRACE_ID}"' in gateway.output
+
+
+async def test_a_forms_files_are_phases_of_its_one_request(
+    gateway: TestClient[Any, Any], spans: InMemorySpanExporter
+) -> None:
+    """Each file uploads in a task of its own; the trace still holds them."""
+    form = aiohttp.FormData()
+    for name in ("a.png", "b.png"):
+        form.add_field("file", png_bytes(2000), filename=name, content_type="image/png")
+    response = await gateway.post(
+        f"/v1/chats/{CHAT_ID}/messages", data=form, headers={"traceparent": TRACEPARENT}
+    )
+    assert response.status == 201, await response.text()
+    finished = spans.get_finished_spans()
+    names = sorted(span.name for span in finished)
+    assert names == sorted(
+        ["POST send_message", "chert create_slot", "chert create_slot",
+         "chert upload", "chert upload", "chert send"]
+    )  # fmt: skip
+    assert {format(span.context.trace_id, "032x") for span in finished} == {TRACE_ID}
