@@ -1,2 +1,2 @@
 """The process and its operators: settings (`config`), secrets
-(`credentials`), metrics, logs, process tuning and /proc readings."""
+(`credentials`), metrics, logs, tracing, process tuning and /proc readings."""

@@ -6,10 +6,10 @@ off when `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`. The SDK
 then reads every other OTEL_* variable itself (service name, resource
 attributes, sampler, headers, protocol).
 
-One span per request (SERVER, continuing the caller's W3C `traceparent`),
-child spans for the calls of an upload (slot, upload, send) and for every
-other call to Chert, each of which carries the `traceparent` on. Never a
-span, an event or an attribute per chunk. With tracing off every function
+One span per request (SERVER, continuing the caller's W3C `traceparent`)
+and a child span per phase of an upload (slot, upload, send); every call to
+Chert carries the current span's `traceparent` on (metadata and downloads
+the request's own). Never a span, an event or an attribute per chunk. With tracing off every function
 here is a check of one global and nothing else.
 """
 
