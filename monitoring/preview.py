@@ -18,8 +18,6 @@ import asyncio
 import io
 import json
 import os
-import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -34,7 +32,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import orjson
-import yaml
+
+# Run as a script, so this directory is on sys.path.
+from prometheus import running as running_prometheus
+from prometheus import scrape_config
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,12 +44,6 @@ CHAT_ID = "0f2d3c1a-8b4e-4f6a-90d2-1a3b4c5d6e7f"
 PNG = b"\x89PNG\r\n\x1a\n"
 VARIABLES = {"$cluster": ".*", "$namespace": ".*", "$pod": ".*", "$__rate_interval": "15s"}
 SCALES = {"bytes": (1024**2, "MiB"), "Bps": (1e6, "MB/s"), "percentunit": (0.01, "%")}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @asynccontextmanager
@@ -86,43 +81,10 @@ async def _discard(stream: asyncio.StreamReader) -> None:
 
 @asynccontextmanager
 async def prometheus(ops: str, workdir: Path) -> AsyncIterator[str]:
-    binary = shutil.which("prometheus") or "/usr/bin/prometheus"
-    target = ops.removeprefix("http://")
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {
-                "job_name": "chert-gateway",
-                "static_configs": [
-                    {
-                        "targets": [target],
-                        "labels": {"pod": "example-app-0", "namespace": "demo", "cluster": "dev"},
-                    }
-                ],
-            }
-        ],
-    }
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
-    proc = await asyncio.create_subprocess_exec(
-        binary, f"--config.file={workdir / 'prometheus.yml'}",
-        f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as http, asyncio.timeout(30):
-            while True:
-                try:
-                    async with http.get(f"{url}/-/ready") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.2)
+    labels = {"pod": "example-app-0", "namespace": "demo", "cluster": "dev"}
+    config = scrape_config(ops.removeprefix("http://"), labels)
+    async with running_prometheus(config, workdir) as url:
         yield url
-    finally:
-        proc.terminate()
-        await proc.wait()
 
 
 async def load(urls: dict[str, str], seconds: float) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -23,6 +22,8 @@ from gateway.api.app import create_app, create_ops_app
 from gateway.ops.config import Settings
 from gateway.ops.metrics import Metrics
 from gateway.simulator import ChertSimulator
+from monitoring.prometheus import running as running_prometheus
+from monitoring.prometheus import scrape_config
 from tests.conftest import ServerAsDeployed, gateway_env, require_tool
 from tests.constants import CHAT_ID
 from tests.samples import sample
@@ -50,12 +51,6 @@ def dashboard_queries() -> list[tuple[str, str]]:
 def alert_rules() -> list[dict[str, Any]]:
     groups = yaml.safe_load((MONITORING / "alerts.yaml").read_text())["groups"]
     return [rule for group in groups for rule in group["rules"]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Traffic:
@@ -105,50 +100,14 @@ async def gateway_servers(
 async def prometheus(
     gateway_servers: tuple[BaseTestServer, BaseTestServer], tmp_path: Path
 ) -> AsyncIterator[str]:
-    binary = require_tool("prometheus")
     _, ops = gateway_servers
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(MONITORING / "alerts.yaml")],
-        "scrape_configs": [
-            {
-                "job_name": "chert-gateway",
-                "static_configs": [
-                    {
-                        "targets": [f"{ops.host}:{ops.port}"],
-                        "labels": {"pod": "gateway-0", "namespace": "test"},
-                    }
-                ],
-            }
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        binary,
-        f"--config.file={tmp_path / 'prometheus.yml'}",
-        f"--storage.tsdb.path={tmp_path / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+    config = scrape_config(
+        f"{ops.host}:{ops.port}",
+        {"pod": "gateway-0", "namespace": "test"},
+        rule_files=[str(MONITORING / "alerts.yaml")],
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as http, asyncio.timeout(30):
-            while True:
-                try:
-                    async with http.get(f"{url}/-/ready") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                if proc.returncode is not None:
-                    raise RuntimeError("prometheus exited at start")
-                await asyncio.sleep(0.2)
+    async with running_prometheus(config, tmp_path, require_tool("prometheus")) as url:
         yield url
-    finally:
-        proc.terminate()
-        await proc.wait()
 
 
 async def query(http: aiohttp.ClientSession, prometheus: str, expr: str) -> dict[str, Any]:

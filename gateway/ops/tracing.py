@@ -9,8 +9,9 @@ attributes, sampler, headers, protocol).
 One span per request (SERVER, continuing the caller's W3C `traceparent`)
 and a child span per phase of an upload (slot, upload, send); every call to
 Chert carries the current span's `traceparent` on (metadata and downloads
-the request's own). Never a span, an event or an attribute per chunk. With tracing off every function
-here is a check of one global and nothing else.
+the request's own). Never a span, an event or an attribute per chunk.
+With tracing off every function here is a check of one global and nothing
+else.
 """
 
 from __future__ import annotations
