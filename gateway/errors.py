@@ -121,6 +121,15 @@ class IdempotencyKeyReusedError(GatewayError):
     status = 422
 
 
+class RateLimitedError(GatewayError):
+    """A named caller over its own quota (GATEWAY_CALLER_*); others go on."""
+
+    code = "rate_limited"
+    status = 429
+    retryable = True
+    default_retry_after = 1
+
+
 class ClientAbortedError(GatewayError):
     """The caller closed the connection mid-body; there is no one to answer."""
 

@@ -27,6 +27,7 @@ from gateway.api.http_protocol import OnRefusal
 from gateway.api.idempotency import IdempotencyStore
 from gateway.api.keys import (
     ADMISSION,
+    CALLER_KEY,
     CHERT,
     HASHING,
     IDEMPOTENCY,
@@ -34,11 +35,13 @@ from gateway.api.keys import (
     METRICS,
     OUTCOME_KEY,
     PIPELINE,
+    QUOTAS,
     REQUEST_ID_KEY,
     SETTINGS,
     SPOOL,
 )
 from gateway.api.pipeline import UploadPipeline
+from gateway.api.quota import CallerQuotas
 from gateway.api.spool import Spool
 from gateway.chert import egress, pool, retry, tls
 from gateway.chert.client import ChertClient
@@ -242,6 +245,8 @@ def _record(
         "bytes_received": request.content.total_bytes,
         **request.get(LOG_FIELDS_KEY, {}),
     }
+    if caller := request.get(CALLER_KEY):
+        fields["caller"] = caller
     if (trace_id := tracing.current_trace_id()) is not None:
         fields["trace_id"] = trace_id
     if error is not None:
@@ -282,8 +287,10 @@ async def client_auth_middleware(request: web.Request, handler: Handler) -> web.
     tokens = request.app[SETTINGS].client_tokens
     if tokens is not None and request.path.startswith("/v1/"):
         scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-        if scheme.lower() != "bearer" or not tokens.matches(token.strip(), time.monotonic()):
+        caller = tokens.caller(token.strip(), time.monotonic())
+        if scheme.lower() != "bearer" or caller is None:
             raise UnauthorizedError("send 'Authorization: Bearer <token>' with a client token")
+        request[CALLER_KEY] = caller
     return await handler(request)
 
 
@@ -358,6 +365,9 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[ADMISSION] = admission
+    app[QUOTAS] = CallerQuotas(settings.caller_max_in_flight, settings.caller_rate, metrics)
+    metrics.caller_max_in_flight.set(settings.caller_max_in_flight or 0)
+    metrics.caller_rate.set(settings.caller_rate or 0)
     idempotency = app[IDEMPOTENCY] = IdempotencyStore()
     spool = app[SPOOL] = Spool(settings.spool_dir, settings.spool_max_bytes)
     spool.sweep()

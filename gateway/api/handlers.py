@@ -9,8 +9,8 @@ import re
 import time
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -25,6 +25,7 @@ from gateway.api.http_protocol import BODY_CEILING
 from gateway.api.idempotency import file_print, fingerprint
 from gateway.api.keys import (
     ADMISSION,
+    CALLER_KEY,
     CHERT,
     HASHING,
     IDEMPOTENCY,
@@ -32,6 +33,7 @@ from gateway.api.keys import (
     METRICS,
     OUTCOME_KEY,
     PIPELINE,
+    QUOTAS,
     SETTINGS,
     SPOOL,
 )
@@ -91,8 +93,8 @@ async def _exactly_once(
         if claim.replay is not None:
             if repeat_print is not None:
                 # Reading a repeat's body is an upload's worth of reading: it
-                # counts against GATEWAY_MAX_IN_FLIGHT like one.
-                async with request.app[ADMISSION].slot():
+                # counts against GATEWAY_MAX_IN_FLIGHT (and the caller's quota) like one.
+                async with _upload_slot(request):
                     claim.check_body(await repeat_print())
             request[OUTCOME_KEY] = "replayed"
             request[LOG_FIELDS_KEY] = claim.replay.log_fields
@@ -103,7 +105,7 @@ async def _exactly_once(
             return response
         chert_key = key or uuid.uuid4().hex
         if admitted:
-            async with request.app[ADMISSION].slot():
+            async with _upload_slot(request):
                 result = await run(chert_key)
         else:
             result = await run(chert_key)
@@ -112,6 +114,14 @@ async def _exactly_once(
     request[OUTCOME_KEY] = outcome
     request[LOG_FIELDS_KEY] = log_fields
     return json_response(answer, status=201)
+
+
+@asynccontextmanager
+async def _upload_slot(request: web.Request) -> AsyncIterator[None]:
+    """An upload's place: the caller's own quota first (429), then the
+    gateway's (503)."""
+    async with request.app[QUOTAS].slot(request.get(CALLER_KEY)), request.app[ADMISSION].slot():
+        yield
 
 
 def _incoming(

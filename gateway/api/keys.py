@@ -9,6 +9,7 @@ from gateway.api.admission import Admission
 from gateway.api.hashing import Hashing
 from gateway.api.idempotency import IdempotencyStore
 from gateway.api.pipeline import UploadPipeline
+from gateway.api.quota import CallerQuotas
 from gateway.api.spool import Spool
 from gateway.chert.client import ChertClient
 from gateway.ops.config import Settings
@@ -22,10 +23,13 @@ PIPELINE = web.AppKey("pipeline", UploadPipeline)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 SPOOL = web.AppKey("spool", Spool)
 HASHING = web.AppKey("hashing", Hashing)
+QUOTAS = web.AppKey("quotas", CallerQuotas)
 
 OUTCOME_KEY = web.RequestKey("gateway_outcome", str)
 # The request's id, given to every answer as it is prepared: a streamed one
 # sends its headers before the middleware sees it again.
 REQUEST_ID_KEY = web.RequestKey("gateway_request_id", str)
+# The named caller whose client token the request carried ("" when unnamed).
+CALLER_KEY = web.RequestKey("gateway_caller", str)
 # What the access log line says of a request beyond method, route and status.
 LOG_FIELDS_KEY = web.RequestKey("gateway_log_fields", dict)

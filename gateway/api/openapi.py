@@ -33,11 +33,14 @@ ERROR_STATUSES = {
     "413": "the body or a form part is over its limit",
     "415": "a type Chert does not take, or content that contradicts its type",
     "422": "the Idempotency-Key was used for a different request",
+    "429": "this named caller is over its own quota; retry after Retry-After",
     "502": "Chert failed or answered what the gateway cannot use",
     "503": "the gateway is at capacity or draining, or Chert is unavailable",
     "504": "Chert did not answer in time",
 }
-UPLOAD_ERRORS = ("400", "401", "404", "408", "409", "413", "415", "422", "502", "503", "504")
+UPLOAD_ERRORS = (
+    "400", "401", "404", "408", "409", "413", "415", "422", "429", "502", "503", "504",
+)  # fmt: skip
 READ_ERRORS = ("400", "401", "404", "502", "503", "504")
 
 
@@ -457,7 +460,7 @@ def _components() -> dict[str, Any]:
                     "X-Request-ID": _ref("headers", "RequestId"),
                     **(
                         {"Retry-After": _ref("headers", "RetryAfter")}
-                        if status in ("409", "503")
+                        if status in ("409", "429", "503")
                         else {}
                     ),
                 },

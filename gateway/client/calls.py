@@ -49,7 +49,13 @@ from gateway.errors import GatewayError, every_error_class
 
 # Retried answers: the gateway is busy or Chert is, or the key's first request runs.
 RETRIED_CODES = frozenset(
-    {"overloaded", "upstream_unavailable", "upstream_timeout", "idempotency_in_progress"}
+    {
+        "overloaded",
+        "rate_limited",
+        "upstream_unavailable",
+        "upstream_timeout",
+        "idempotency_in_progress",
+    }
 )
 CHUNK_BYTES = 256 * 1024
 DEFAULT_ATTEMPTS = 4

@@ -106,7 +106,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "GATEWAY_CLIENT_TOKENS",
         None,
-        "comma-separated bearer tokens callers must present",
+        "comma-separated bearer tokens callers must present, each optionally name:token",
         "TOKENS",
     ),
     Option(
@@ -114,6 +114,18 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "file of client tokens (comma or newline separated)",
         "PATH",
+    ),
+    Option(
+        "GATEWAY_CALLER_MAX_IN_FLIGHT",
+        None,
+        "uploads each named caller (name:token) may run at once; beyond it 429",
+        "N",
+    ),
+    Option(
+        "GATEWAY_CALLER_RATE",
+        None,
+        "uploads per second each named caller may start (token bucket); beyond it 429",
+        "PER_SECOND",
     ),
     Option(
         "GATEWAY_CLIENT_TIMEOUT",
@@ -160,6 +172,8 @@ class Settings:
     client_tokens: Credential | None
     client_timeout: float
     drain_seconds: float
+    caller_max_in_flight: int | None = None
+    caller_rate: float | None = None
     sha256: bool = True
     sha256_threads: int | None = None  # None: auto (hashing.Hashing.start)
     event_loop: str = "asyncio"
@@ -211,6 +225,8 @@ class Settings:
             spool_max_bytes=parse("GATEWAY_SPOOL_MAX_BYTES", _positive_int),
             client_tokens=credential("GATEWAY_CLIENT_TOKENS", many=True),
             client_timeout=parse("GATEWAY_CLIENT_TIMEOUT", _positive_float),
+            caller_max_in_flight=parse("GATEWAY_CALLER_MAX_IN_FLIGHT", _positive_int),
+            caller_rate=parse("GATEWAY_CALLER_RATE", _positive_float),
             drain_seconds=parse("GATEWAY_DRAIN_SECONDS", _non_negative_float),
             sha256=parse("GATEWAY_SHA256", parse_boolean),
             sha256_threads=parse("GATEWAY_SHA256_THREADS", _threads),

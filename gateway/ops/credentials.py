@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import os
+import re
 from pathlib import Path
 
 # How often, at most, the file is stat()ed: once a second is quick enough for a
@@ -18,6 +19,10 @@ RECHECK_SECONDS = 1.0
 # Values a rotation replaced, still remembered so they can be kept out of
 # answers and logs (a peer may quote the old one for a while).
 REMEMBERED_PREVIOUS = 4
+
+
+# `name:token` in a list of client tokens names the caller that holds it.
+NAMED_TOKEN_RE = re.compile(r"^([a-z][a-z0-9_-]{0,31}):(.+)$")
 
 
 class CredentialError(Exception):
@@ -37,9 +42,10 @@ class Credential:
         self._stamp: tuple[int, int] | None = None
         self._checked_at = float("-inf")
         self._values: tuple[str, ...] = ()
+        self._names: tuple[str, ...] = ()  # each value's caller ("" when unnamed)
         self._previous: tuple[str, ...] = ()
         if inline is not None:
-            self._values = self._parse(inline)
+            self._values, self._names = self._parse(inline)
         else:
             self._reload()
 
@@ -47,15 +53,22 @@ class Credential:
         source = f"file {self._path}" if self._path else "inline"
         return f"Credential({source}, redacted)"
 
-    def _parse(self, text: str) -> tuple[str, ...]:
+    def _parse(self, text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(values, their callers' names): a list item `name:token` names its caller."""
         if self._many:
             items = [item.strip() for item in text.replace("\n", ",").split(",")]
         else:
             items = [text.strip()]
-        values = tuple(item for item in items if item)
+        values, names = [], []
+        for item in items:
+            named = NAMED_TOKEN_RE.match(item) if self._many else None
+            name, value = (named[1], named[2].strip()) if named else ("", item)
+            if value:
+                values.append(value)
+                names.append(name)
         if not values:
             raise CredentialError("is empty")
-        return values
+        return tuple(values), tuple(names)
 
     def _reload(self) -> None:
         assert self._path is not None
@@ -63,10 +76,10 @@ class Credential:
             st = self._path.stat()
             stamp = (st.st_mtime_ns, st.st_ino)
             if stamp != self._stamp:
-                values = self._parse(self._path.read_text(encoding="utf-8"))
+                values, names = self._parse(self._path.read_text(encoding="utf-8"))
                 replaced = tuple(v for v in self._values if v not in values)
                 self._previous = (replaced + self._previous)[:REMEMBERED_PREVIOUS]
-                self._values = values
+                self._values, self._names = values, names
                 self._stamp = stamp
         except OSError as exc:
             raise CredentialError(f"cannot read {self._path}: {exc.strerror}") from None
@@ -92,12 +105,24 @@ class Credential:
 
     def matches(self, candidate: str, now: float) -> bool:
         """Constant-time comparison against every current value."""
+        return self.caller(candidate, now) is not None
+
+    def caller(self, candidate: str, now: float) -> str | None:
+        """The name of the caller whose value `candidate` is ("" for an
+        unnamed one), or None; constant-time against every current value."""
         given = candidate.encode()
-        found = False
-        for value in self.values(now):
+        found: str | None = None
+        values = self.values(now)
+        for value, name in zip(values, self._names, strict=True):
             # No early exit: every token costs the same time, found or not.
-            found |= hmac.compare_digest(given, value.encode())
+            if hmac.compare_digest(given, value.encode()):
+                found = name
         return found
+
+    def names(self, now: float) -> frozenset[str]:
+        """The callers named now (for bounded metric labels)."""
+        self.values(now)
+        return frozenset(name for name in self._names if name)
 
 
 def from_env_pair(inline: str | None, path: str | None, *, many: bool = False) -> Credential | None:

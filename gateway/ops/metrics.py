@@ -169,6 +169,31 @@ class Metrics:
                 registry=r,
             )
         )
+        # Callers are named in GATEWAY_CLIENT_TOKENS: the label is bounded by it.
+        self.caller_in_flight = Gauge(
+            "chert_gateway_caller_uploads_in_flight",
+            "Uploads running now, by named caller",
+            ["caller"],
+            registry=r,
+        )
+        self.caller_limited = Labelled(
+            Counter(
+                "chert_gateway_caller_limited",
+                "Uploads refused with 429, by named caller and quota (in_flight, rate)",
+                ["caller", "reason"],
+                registry=r,
+            )
+        )
+        self.caller_max_in_flight = Gauge(
+            "chert_gateway_caller_max_in_flight",
+            "GATEWAY_CALLER_MAX_IN_FLIGHT (0: none)",
+            registry=r,
+        )
+        self.caller_rate = Gauge(
+            "chert_gateway_caller_rate",
+            "GATEWAY_CALLER_RATE, uploads per second (0: none)",
+            registry=r,
+        )
         self.chert_errors = Labelled(
             Counter(
                 "chert_gateway_chert_errors",
