@@ -207,6 +207,8 @@ async def test_the_python_client_has_every_call(
 async def test_the_python_client_refuses_a_url_it_cannot_use() -> None:
     with pytest.raises(ValueError, match=re.escape("try http://127.0.0.1:8080")):
         GatewayClient("127.0.0.1:8080")
+    for usable in ("http://127.0.0.1:8790", "https://gw.internal/chert/", "unix:/run/gw.sock"):
+        GatewayClient(usable)  # a path prefix, behind a proxy, is kept
 
 
 async def test_the_python_client_tells_of_each_retry_and_keeps_one_key(

@@ -161,3 +161,25 @@ async def test_curl_oj_saves_the_registered_name(
     status, _ = await curl("-OJ", "--output-dir", str(tmp_path), url)
     assert status == 200
     assert (tmp_path / "invoice.pdf").read_bytes() == body
+
+
+@pytest.mark.parametrize(
+    ("metadata", "named"),
+    [
+        ({"attachment": ["not", "an", "object"]}, None),
+        ({"attachment": {"filename": 42}}, None),
+        ({"attachment": {"filename": "x" * 5000 + ".pdf"}}, "x" * 255),
+    ],
+)
+async def test_metadata_of_any_shape_still_names_the_download(
+    gateway: TestClient[Any, Any],
+    simulator: ChertSimulator,
+    metadata: dict[str, Any],
+    named: str | None,
+) -> None:
+    attachment_id = await upload_named(gateway, sample("application/pdf", 2000), "a.pdf")
+    simulator.faults.update({"canned": {"metadata": [{"status": 200, "body": metadata}]}})
+    response = await gateway.get(f"/v1/attachments/{attachment_id}/content")
+    assert response.status == 200
+    expected = named or f"{attachment_id}.pdf"
+    assert response.headers["Content-Disposition"] == f'attachment; filename="{expected}"'

@@ -165,3 +165,9 @@ def test_a_form_is_sent_exactly_when_it_is_within_every_limit(
     else:
         assert response.status_code in (400, 413), response.text
         assert response.json()["error"]["code"] in ("invalid_request", "payload_too_large")
+
+
+@given(st.binary(max_size=80))
+def test_the_type_bytes_show_is_one_chert_takes_and_fits_them(head: bytes) -> None:
+    shown = media.sniff(head)
+    assert shown is None or media.content_matches(shown, head)

@@ -438,8 +438,11 @@ async def _registered_filename(request: web.Request, attachment_id: str) -> str 
         answer = await request.app[CHERT].get_attachment(attachment_id)
     except GatewayError:
         return None
-    name = (answer.get("attachment") or {}).get("filename")
-    return name if isinstance(name, str) and name.strip() else None
+    attachment = answer.get("attachment")
+    name = attachment.get("filename") if isinstance(attachment, dict) else None
+    if not isinstance(name, str) or not name.strip():
+        return None
+    return name[: intake.MAX_FILENAME_BYTES]  # a header line, bounded whatever Chert holds
 
 
 def _fallback_filename(attachment_id: str, content_type: str) -> str:

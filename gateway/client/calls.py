@@ -64,7 +64,8 @@ MAX_WAIT_SECONDS = 30.0
 # The gateway's default API listener (GATEWAY_LISTEN): a port no common app uses.
 DEFAULT_URL = "http://127.0.0.1:8790"
 Progress = Callable[[int], None]  # called with each number of bytes sent
-URL_RE = re.compile(r"^(https?://[^/\s]+/?|unix:/\S+)$")
+# A base URL (a path prefix is kept, for a gateway behind a proxy), or a socket.
+URL_RE = re.compile(r"^(https?://[^/\s]+(/\S*)?|unix:/\S+)$")
 Source = str | os.PathLike[str] | BinaryIO  # a file's path, or a stream read once
 
 
