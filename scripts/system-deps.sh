@@ -5,6 +5,7 @@
 #   openssl     a real TLS server (s_server) that refuses old protocol versions
 #   tinyproxy   a real egress proxy (CONNECT tunnels to Chert)
 #   iproute2    network namespaces, for a real link to Chert (tests/netns.py)
+#   redis-server  a real Redis, the shared idempotency store of two gateways
 # In CI (CI=true) a package that cannot be installed fails the run; on a
 # developer's machine without root it is a warning, and the tests that need
 # it skip.
@@ -16,6 +17,7 @@ command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v tinyproxy >/dev/null || test -x /usr/bin/tinyproxy || need+=(tinyproxy)
 command -v ip >/dev/null || test -x /usr/sbin/ip || need+=(iproute2)
+command -v redis-server >/dev/null || test -x /usr/bin/redis-server || need+=(redis-server)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=""

@@ -88,29 +88,31 @@ async def test_keys_are_passed_to_chert_on_the_send(
     assert list(simulator.state.messages_by_key) == ["from-query"]
 
 
-def test_store_is_bounded_and_expires() -> None:
+async def test_store_is_bounded_and_expires() -> None:
     store = IdempotencyStore(ttl=3600, max_entries=2)
     for key in ("a", "b", "c"):
-        with store.claim(key, "fp") as claim:
+        async with store.claim(key, "fp") as claim:
             claim.complete({"key": key})
     assert len(store) == 2
-    with store.claim("a", "fp") as claim:  # evicted: runs again
+    async with store.claim("a", "fp") as claim:  # evicted: runs again
         assert claim.replay is None
 
     expiring = IdempotencyStore(ttl=0.0)
-    with expiring.claim("x", "fp") as claim:
+    async with expiring.claim("x", "fp") as claim:
         claim.complete({})
-    with expiring.claim("x", "other") as claim:
+    async with expiring.claim("x", "other") as claim:
         assert claim.replay is None
 
 
-def test_store_states() -> None:
+async def test_store_states() -> None:
     store = IdempotencyStore()
-    with store.claim("k", "fp"):
-        with pytest.raises(IdempotencyInProgressError), store.claim("k", "fp"):
-            pass
-        with pytest.raises(IdempotencyKeyReusedError), store.claim("k", "other"):
-            pass
+    async with store.claim("k", "fp"):
+        with pytest.raises(IdempotencyInProgressError):
+            async with store.claim("k", "fp"):
+                pass
+        with pytest.raises(IdempotencyKeyReusedError):
+            async with store.claim("k", "other"):
+                pass
 
 
 async def test_concurrent_repeats_upload_once(
@@ -198,7 +200,7 @@ async def test_reading_a_repeat_counts_against_max_in_flight(
     assert response.headers["Retry-After"]
 
 
-def test_a_remembered_answer_costs_little_more_than_its_bytes() -> None:
+async def test_a_remembered_answer_costs_little_more_than_its_bytes() -> None:
     """A full store lives in the sidecar's memory limit: an entry is its
     answer's JSON and about 600 bytes more (docs/deploy.md's budget)."""
     store = IdempotencyStore()
@@ -216,7 +218,7 @@ def test_a_remembered_answer_costs_little_more_than_its_bytes() -> None:
     try:
         before = tracemalloc.get_traced_memory()[0]
         for n, answer in enumerate(answers):
-            with store.claim(f"key-{n:06d}", f"print-{n}") as claim:
+            async with store.claim(f"key-{n:06d}", f"print-{n}") as claim:
                 claim.complete(answer, f"65536:{answer['sha256']}", {"size_bytes": 65536})
         del answers, answer
         gc.collect()
@@ -224,7 +226,7 @@ def test_a_remembered_answer_costs_little_more_than_its_bytes() -> None:
     finally:
         tracemalloc.stop()
     assert per_entry < answer_bytes + 700, per_entry
-    with store.claim("key-000007", "print-7") as claim:
+    async with store.claim("key-000007", "print-7") as claim:
         assert claim.replay is not None
         assert orjson.loads(claim.replay.answer)["attachment_id"] == f"{7:032x}"
         assert claim.replay.log_fields == {"size_bytes": 65536}

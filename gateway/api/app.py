@@ -42,6 +42,7 @@ from gateway.api.keys import (
 )
 from gateway.api.pipeline import UploadPipeline
 from gateway.api.quota import CallerQuotas
+from gateway.api.shared_idempotency import SharedIdempotencyStore, key_prefix
 from gateway.api.spool import Spool
 from gateway.chert import egress, pool, retry, tls
 from gateway.chert.client import ChertClient
@@ -301,6 +302,27 @@ async def _hashing(app: web.Application) -> AsyncIterator[None]:
     hashing.stop()
 
 
+async def _shared_idempotency(app: web.Application) -> AsyncIterator[None]:
+    """Keys in Redis, with the in-process store as the fallback (cleanup_ctx)."""
+    settings = app[SETTINGS]
+    local = app[IDEMPOTENCY]
+    assert isinstance(local, IdempotencyStore)
+    assert settings.idempotency_url is not None
+    shared = SharedIdempotencyStore(
+        settings.idempotency_url,
+        prefix=key_prefix(settings.deployment, settings.tenant),
+        ttl=settings.idempotency_ttl,
+        local=local,
+        metrics=app[METRICS],
+    )
+    app[IDEMPOTENCY] = shared
+    await shared.check()
+    try:
+        yield
+    finally:
+        await shared.aclose()
+
+
 async def _chert_client(app: web.Application) -> AsyncIterator[None]:
     """The session to Chert lives as long as the app (cleanup_ctx)."""
     settings = app[SETTINGS]
@@ -368,7 +390,7 @@ def create_app(
     app[QUOTAS] = CallerQuotas(settings.caller_max_in_flight, settings.caller_rate, metrics)
     metrics.caller_max_in_flight.set(settings.caller_max_in_flight or 0)
     metrics.caller_rate.set(settings.caller_rate or 0)
-    idempotency = app[IDEMPOTENCY] = IdempotencyStore()
+    idempotency = app[IDEMPOTENCY] = IdempotencyStore(ttl=settings.idempotency_ttl)
     spool = app[SPOOL] = Spool(settings.spool_dir, settings.spool_max_bytes)
     spool.sweep()
     metrics.spool_used.set_function(lambda: spool.used)
@@ -376,6 +398,8 @@ def create_app(
     app.on_response_prepare.append(_add_request_id)
     app.cleanup_ctx.append(_hashing)
     app.cleanup_ctx.append(_chert_client)
+    if settings.idempotency_url is not None:
+        app.cleanup_ctx.append(_shared_idempotency)
     handlers.add_routes(app)
     return app
 

@@ -89,7 +89,7 @@ async def _exactly_once(
     `repeat_print` reads a repeat's body (uploading nothing) for comparison
     with the first request's `body_print`.
     """
-    with request.app[IDEMPOTENCY].claim(key, request_print) as claim:
+    async with request.app[IDEMPOTENCY].claim(key, request_print) as claim:
         if claim.replay is not None:
             if repeat_print is not None:
                 # Reading a repeat's body is an upload's worth of reading: it

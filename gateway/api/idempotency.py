@@ -16,14 +16,15 @@ fields: `body_print`):
 
 Only keys that callers chose are remembered (a generated key can never come
 back), only successful answers, for `TTL_SECONDS`, at most `MAX_ENTRIES` and
-`MAX_ANSWER_BYTES` of answers (least recently used first out). The store is
-per process: replicas behind a Service do not share it; Chert's own
-idempotency on the send still holds.
+`MAX_ANSWER_BYTES` of answers (least recently used first out). This store is
+per process: replicas behind a Service share keys through Redis instead
+(`shared_idempotency.py`, which falls back to this one while Redis is away);
+Chert's own idempotency on the send holds either way.
 
 An entry is kept compact, because a full store lives in a sidecar's memory
 limit for as long as the process runs: the answer and its log fields as the
 JSON bytes they are sent and logged as, and the two prints as 32-byte
-digests (`_digest`), in slotted objects: about 1.25 KB each with a typical
+digests (`digest`), in slotted objects: about 1.25 KB each with a typical
 answer (docs/deploy.md counts the full store in the memory budget).
 """
 
@@ -32,10 +33,10 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -64,7 +65,7 @@ def _exact(data: bytes) -> bytes:
     return bytes(memoryview(data))
 
 
-def _digest(print_: str | None) -> bytes | None:
+def digest(print_: str | None) -> bytes | None:
     """A print as it is kept: 32 bytes, whatever its length."""
     return None if print_ is None else hashlib.sha256(print_.encode()).digest()
 
@@ -110,17 +111,42 @@ class Claim:
         if self.keep:
             self._done = Completed(
                 _exact(orjson.dumps(answer)),
-                _digest(body_print),
+                digest(body_print),
                 _exact(orjson.dumps(log_fields or {})),
             )
+
+    @property
+    def done(self) -> Completed | None:
+        """What `complete` remembered: None until it is called."""
+        return self._done
 
     def check_body(self, body_print: str | None) -> None:
         """422 when a repeat's body is not the first request's."""
         assert self.replay is not None
-        if _digest(body_print) != self.replay.body_digest:
+        if digest(body_print) != self.replay.body_digest:
             raise IdempotencyKeyReusedError(
                 "this Idempotency-Key was used for a request with another body; use a new key"
             )
+
+
+class Store(Protocol):
+    """What the handlers need of a store: the in-process one, or the shared one."""
+
+    def claim(self, key: str | None, print_: str) -> AbstractAsyncContextManager[Claim]: ...
+
+    def __len__(self) -> int: ...
+
+
+def in_progress() -> IdempotencyInProgressError:
+    return IdempotencyInProgressError(
+        "a request with this Idempotency-Key is still running; retry shortly", retry_after=1
+    )
+
+
+def reused() -> IdempotencyKeyReusedError:
+    return IdempotencyKeyReusedError(
+        "this Idempotency-Key was used for a different request; use a new key"
+    )
 
 
 class IdempotencyStore:
@@ -133,15 +159,15 @@ class IdempotencyStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    @contextmanager
-    def claim(self, key: str | None, print_: str) -> Iterator[Claim]:
+    @asynccontextmanager
+    async def claim(self, key: str | None, print_: str) -> AsyncIterator[Claim]:
         """Hold `key` while the request runs; remember its answer if it completes."""
         if key is None:
             yield Claim(keep=False)
             return
         now = time.monotonic()
         self._expire(now)
-        request_digest = _digest(print_)
+        request_digest = digest(print_)
         assert request_digest is not None
         entry = self._entries.get(key)
         if entry is not None and now - entry.created >= self._ttl:
@@ -149,14 +175,9 @@ class IdempotencyStore:
             entry = None
         if entry is not None:
             if entry.fingerprint != request_digest:
-                raise IdempotencyKeyReusedError(
-                    "this Idempotency-Key was used for a different request; use a new key"
-                )
+                raise reused()
             if entry.done is None:
-                raise IdempotencyInProgressError(
-                    "a request with this Idempotency-Key is still running; retry shortly",
-                    retry_after=1,
-                )
+                raise in_progress()
             self._entries.move_to_end(key)
             yield Claim(replay=entry.done)
             return

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from gateway.api.admission import Admission
 from gateway.api.hashing import Hashing
-from gateway.api.idempotency import IdempotencyStore
+from gateway.api.idempotency import Store
 from gateway.api.pipeline import UploadPipeline
 from gateway.api.quota import CallerQuotas
 from gateway.api.spool import Spool
@@ -20,7 +20,7 @@ METRICS = web.AppKey("metrics", Metrics)
 ADMISSION = web.AppKey("admission", Admission)
 CHERT = web.AppKey("chert", ChertClient)
 PIPELINE = web.AppKey("pipeline", UploadPipeline)
-IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
+IDEMPOTENCY = web.AppKey("idempotency", Store)
 SPOOL = web.AppKey("spool", Spool)
 HASHING = web.AppKey("hashing", Hashing)
 QUOTAS = web.AppKey("quotas", CallerQuotas)

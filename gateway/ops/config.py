@@ -8,6 +8,7 @@ start-up with one line naming the variable and why (`ConfigError`).
 
 from __future__ import annotations
 
+import re
 import ssl
 import tempfile
 from collections.abc import Callable, Mapping
@@ -128,6 +129,26 @@ OPTIONS: tuple[Option, ...] = (
         "PER_SECOND",
     ),
     Option(
+        "GATEWAY_IDEMPOTENCY_URL",
+        None,
+        "redis://, rediss:// or unix:// URL of a Redis that every replica shares for "
+        "idempotency keys (default: each process keeps its own)",
+        "URL",
+    ),
+    Option(
+        "GATEWAY_IDEMPOTENCY_TTL",
+        str(24 * 3600),
+        "seconds a completed request's answer is replayed for its Idempotency-Key",
+        "SECONDS",
+    ),
+    Option(
+        "GATEWAY_DEPLOYMENT",
+        "chert-gateway",
+        "this deployment's name: its replicas share idempotency keys in Redis, "
+        "other deployments on the same Redis do not",
+        "NAME",
+    ),
+    Option(
         "GATEWAY_CLIENT_TIMEOUT",
         "30",
         "longest wait for the next body chunk from a caller",
@@ -174,6 +195,9 @@ class Settings:
     drain_seconds: float
     caller_max_in_flight: int | None = None
     caller_rate: float | None = None
+    idempotency_url: str | None = None
+    idempotency_ttl: float = 24 * 3600
+    deployment: str = "chert-gateway"
     sha256: bool = True
     sha256_threads: int | None = None  # None: auto (hashing.Hashing.start)
     event_loop: str = "asyncio"
@@ -227,6 +251,9 @@ class Settings:
             client_timeout=parse("GATEWAY_CLIENT_TIMEOUT", _positive_float),
             caller_max_in_flight=parse("GATEWAY_CALLER_MAX_IN_FLIGHT", _positive_int),
             caller_rate=parse("GATEWAY_CALLER_RATE", _positive_float),
+            idempotency_url=parse("GATEWAY_IDEMPOTENCY_URL", _redis_url),
+            idempotency_ttl=parse("GATEWAY_IDEMPOTENCY_TTL", _positive_float),
+            deployment=parse("GATEWAY_DEPLOYMENT", _name),
             drain_seconds=parse("GATEWAY_DRAIN_SECONDS", _non_negative_float),
             sha256=parse("GATEWAY_SHA256", parse_boolean),
             sha256_threads=parse("GATEWAY_SHA256_THREADS", _threads),
@@ -317,6 +344,32 @@ def _base_url(raw: str) -> URL:
     if url.query_string or url.fragment:
         raise ValueError("must not carry a query or fragment")
     return url.with_path(url.path.rstrip("/"))
+
+
+def _redis_url(raw: str) -> str:
+    """A Redis URL redis-py reads, that keeps TLS verification on. Errors
+    never repeat the URL: it may hold a password."""
+    from redis.asyncio.connection import parse_url
+
+    url = URL(raw)
+    if url.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    if url.scheme != "unix" and not url.host:
+        raise ValueError("expected a host: redis://host:6379/0")
+    if url.scheme != "unix" and url.path.strip("/") and not url.path.strip("/").isdigit():
+        raise ValueError("the path is the database number: redis://host:6379/0")
+    if url.query.get("ssl_cert_reqs", "required") != "required" or url.query.get(
+        "ssl_check_hostname", "true"
+    ).lower() in ("false", "0", "no"):
+        raise ValueError("TLS verification is never off; give ssl_ca_certs=PATH for a private CA")
+    parse_url(raw)  # redis-py's own checks (port, db, options); ValueError names the part
+    return raw
+
+
+def _name(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", raw):
+        raise ValueError(f"expected a name of letters, digits, '.', '_' or '-', got {raw!r}")
+    return raw
 
 
 def _ca_file(raw: str) -> Path:

@@ -161,6 +161,19 @@ class Metrics:
             "Idempotency keys remembered (running and completed)",
             registry=r,
         )
+        # Labelled so that it is exported only when a shared store is configured.
+        self.idempotency_store_up = Gauge(
+            "chert_gateway_idempotency_store_up",
+            "1 while the shared idempotency store (GATEWAY_IDEMPOTENCY_URL) answers, "
+            "0 while keys fall back to this replica's own store",
+            ["store"],
+            registry=r,
+        )
+        self.idempotency_fallbacks = Counter(
+            "chert_gateway_idempotency_fallbacks",
+            "Keyed requests remembered by this replica alone: the shared store was unreachable",
+            registry=r,
+        )
         self.upstream_retries = Labelled(
             Counter(
                 "chert_gateway_upstream_retries",

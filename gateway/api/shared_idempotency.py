@@ -1,0 +1,265 @@
+"""Idempotency keys shared by every replica, and kept across restarts, in
+Redis (GATEWAY_IDEMPOTENCY_URL): the same answers as the in-process store
+(idempotency.py), 409 while running, 422 for another request, the replay of
+a completed one, whichever replica the repeat reaches.
+
+One Redis string per key, its value JSON:
+
+    running     {"fp": …, "owner": …}                   PX the lease, renewed
+    completed   {"fp": …, "answer": …, "body": …, "log": …}   PX the TTL
+
+The claim is one `SET NX PX` (in a script that returns what holds the key
+when it is taken, so a refusal names 409 or 422 without a second round
+trip). The lease outlives a replica that dies mid-upload only by
+`LEASE_SECONDS`; while the upload runs it is renewed every third of that.
+Renewing, completing and releasing each check the owner first: a replica
+never overwrites a claim that is no longer its own.
+
+Redis unavailable: the keyed request is remembered in this replica's own
+store instead (uploads go on, and Chert's idempotency_key still stops a
+second message), one warning says so, `idempotency_fallbacks_total` counts
+each such request, and Redis is tried again `RETRY_SECONDS` later.
+
+Keys are `chert-gateway:idem:{deployment}:{tenant}:{sha256 of the caller's
+key}`; neither they nor the values hold the Chert secret or a client token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import orjson
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from yarl import URL
+
+from gateway.api.idempotency import (
+    Claim,
+    Completed,
+    IdempotencyStore,
+    digest,
+    in_progress,
+    reused,
+)
+from gateway.ops.metrics import Metrics
+
+log = logging.getLogger("chert_gateway.idempotency")
+
+# How long a running request holds its key without a renewal: what a
+# replica that died mid-upload costs its caller's retries (409 until then).
+LEASE_SECONDS = 30.0
+# Every Redis call is on an upload's path: an unreachable Redis costs a
+# request at most this, then the local store serves until RETRY_SECONDS.
+CALL_TIMEOUT_SECONDS = 1.0
+RETRY_SECONDS = 2.0
+
+# KEYS[1]: the key. ARGV: the running value, the lease in ms.
+# Nothing when the key was free (now claimed), else what holds it.
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+return redis.call('GET', KEYS[1])
+"""
+# ARGV: the owner's running value, then PEXPIRE's or SET's arguments.
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+_COMPLETE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
+
+def redacted(url: str) -> str:
+    """The URL as logs may show it: without its password."""
+    parsed = URL(url)
+    return str(parsed.with_password("***")) if parsed.password else url
+
+
+def key_prefix(deployment: str, tenant: str | None) -> str:
+    """Whose keys these are: one deployment, one tenant (quoted, so a ':' in
+    a name cannot make two prefixes the same)."""
+    quote = urllib.parse.quote
+    return f"chert-gateway:idem:{quote(deployment, safe='')}:{quote(tenant or '-', safe='')}:"
+
+
+class SharedIdempotencyStore:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        ttl: float,
+        local: IdempotencyStore,
+        metrics: Metrics,
+        lease: float = LEASE_SECONDS,
+    ) -> None:
+        self._redis = redis.from_url(
+            url,
+            socket_timeout=CALL_TIMEOUT_SECONDS,
+            socket_connect_timeout=CALL_TIMEOUT_SECONDS,
+            # One immediate retry: a pooled connection Redis closed (a
+            # restart, an idle timeout) is replaced once, never waited on.
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._url = redacted(url)
+        self._prefix = prefix
+        self._ttl_ms = int(ttl * 1000)
+        self._lease = lease
+        self._local = local
+        self._metrics = metrics
+        self._claim = self._redis.register_script(_CLAIM)
+        self._renew = self._redis.register_script(_RENEW)
+        self._complete = self._redis.register_script(_COMPLETE)
+        self._release = self._redis.register_script(_RELEASE)
+        self._up = True
+        self._retry_at = 0.0
+        self._up_gauge = metrics.idempotency_store_up.labels(store="redis")
+        self._up_gauge.set(1)
+
+    def __len__(self) -> int:
+        """Keys held in this replica's own store (while Redis was away)."""
+        return len(self._local)
+
+    async def check(self) -> None:
+        """Say at start-up where keys go, and whether Redis answers."""
+        log.info(
+            "idempotency keys shared in Redis",
+            extra={"fields": {"store": self._url, "prefix": self._prefix}},
+        )
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            self._unavailable(exc)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    def redis_key(self, key: str) -> str:
+        return self._prefix + hashlib.sha256(key.encode()).hexdigest()
+
+    @asynccontextmanager
+    async def claim(self, key: str | None, print_: str) -> AsyncIterator[Claim]:
+        if key is None or time.monotonic() < self._retry_at:
+            async with self._fallback(key, print_) as claim:
+                yield claim
+            return
+        request_print = _hex(print_)
+        redis_key = self.redis_key(key)
+        running = orjson.dumps({"fp": request_print, "owner": uuid.uuid4().hex})
+        try:
+            held = await self._claim(keys=[redis_key], args=[running, int(self._lease * 1000)])
+        except (RedisError, OSError) as exc:
+            self._unavailable(exc)
+            async with self._fallback(key, print_) as claim:
+                yield claim
+            return
+        self._available()
+        if held is not None:
+            yield _refused_or_replayed(orjson.loads(held), request_print)
+            return
+        claim = Claim()
+        renewing = asyncio.create_task(self._keep(redis_key, running))
+        try:
+            yield claim
+        finally:
+            renewing.cancel()
+            with suppress(asyncio.CancelledError):
+                await renewing
+            await self._settle(redis_key, running, claim.done)
+
+    @asynccontextmanager
+    async def _fallback(self, key: str | None, print_: str) -> AsyncIterator[Claim]:
+        if key is not None:
+            self._metrics.idempotency_fallbacks.inc()
+        async with self._local.claim(key, print_) as claim:
+            yield claim
+
+    async def _keep(self, redis_key: str, running: bytes) -> None:
+        """Renew the lease while the request runs."""
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            try:
+                kept = await self._renew(keys=[redis_key], args=[running, int(self._lease * 1000)])
+            except (RedisError, OSError) as exc:
+                self._unavailable(exc)
+                continue
+            if not kept:
+                log.warning(
+                    "idempotency claim lost while its request ran",
+                    extra={"fields": {"redis_key": redis_key}},
+                )
+                return
+
+    async def _settle(self, redis_key: str, running: bytes, done: Completed | None) -> None:
+        """Remember the answer, or free the key so the caller may retry."""
+        try:
+            if done is None:
+                await self._release(keys=[redis_key], args=[running])
+            else:
+                value = orjson.dumps(
+                    {
+                        "fp": orjson.loads(running)["fp"],
+                        "answer": done.answer.decode(),
+                        "body": None if done.body_digest is None else done.body_digest.hex(),
+                        "log": done.log_bytes.decode(),
+                    }
+                )
+                await self._complete(keys=[redis_key], args=[running, value, self._ttl_ms])
+        except (RedisError, OSError) as exc:
+            # Not remembered: a repeat uploads again, and Chert's idempotency
+            # key answers its send with the first message.
+            self._unavailable(exc)
+
+    def _unavailable(self, exc: BaseException) -> None:
+        self._retry_at = time.monotonic() + RETRY_SECONDS
+        if self._up:
+            self._up = False
+            self._up_gauge.set(0)
+            log.warning(
+                "idempotency store unreachable; keys are remembered by this replica "
+                "alone until it answers",
+                extra={"fields": {"store": self._url, "error": f"{type(exc).__name__}: {exc}"}},
+            )
+
+    def _available(self) -> None:
+        if not self._up:
+            self._up = True
+            self._up_gauge.set(1)
+            log.info("idempotency store reachable again", extra={"fields": {"store": self._url}})
+
+
+def _hex(print_: str) -> str:
+    request_digest = digest(print_)
+    assert request_digest is not None
+    return request_digest.hex()
+
+
+def _refused_or_replayed(held: dict[str, Any], request_print: str) -> Claim:
+    if held.get("fp") != request_print:
+        raise reused()
+    if "answer" not in held:
+        raise in_progress()
+    body = held.get("body")
+    return Claim(
+        replay=Completed(
+            held["answer"].encode(),
+            None if body is None else bytes.fromhex(body),
+            held["log"].encode(),
+        )
+    )
