@@ -54,6 +54,21 @@ def test_defaults_match_the_spec() -> None:
         ({"GATEWAY_SHA256_THREADS": "many"}, "GATEWAY_SHA256_THREADS"),
         ({"GATEWAY_SHA256_THREADS": "65"}, "GATEWAY_SHA256_THREADS"),
         ({"GATEWAY_SHA256_THREADS": "-1"}, "GATEWAY_SHA256_THREADS"),
+        ({"GATEWAY_IDEMPOTENCY_URL": "http://redis:6379"}, "GATEWAY_IDEMPOTENCY_URL"),
+        ({"GATEWAY_IDEMPOTENCY_URL": "redis://"}, "GATEWAY_IDEMPOTENCY_URL"),
+        ({"GATEWAY_IDEMPOTENCY_URL": "redis://redis/cache"}, "GATEWAY_IDEMPOTENCY_URL"),
+        ({"GATEWAY_IDEMPOTENCY_URL": "redis://redis:99999"}, "GATEWAY_IDEMPOTENCY_URL"),
+        ({"GATEWAY_IDEMPOTENCY_URL": "redis://redis?db=x"}, "GATEWAY_IDEMPOTENCY_URL"),
+        (
+            {"GATEWAY_IDEMPOTENCY_URL": "rediss://redis?ssl_cert_reqs=none"},
+            "GATEWAY_IDEMPOTENCY_URL",
+        ),
+        (
+            {"GATEWAY_IDEMPOTENCY_URL": "rediss://redis?ssl_check_hostname=false"},
+            "GATEWAY_IDEMPOTENCY_URL",
+        ),
+        ({"GATEWAY_IDEMPOTENCY_TTL": "0"}, "GATEWAY_IDEMPOTENCY_TTL"),
+        ({"GATEWAY_DEPLOYMENT": "a:b"}, "GATEWAY_DEPLOYMENT"),
     ],
 )
 def test_a_bad_value_names_its_variable_in_one_line(env: dict[str, str], variable: str) -> None:
@@ -62,6 +77,27 @@ def test_a_bad_value_names_its_variable_in_one_line(env: dict[str, str], variabl
     message = str(caught.value)
     assert message.startswith(variable + ":")
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:pa55word@redis.internal:6380/3",
+        "rediss://default:pa55word@redis.internal/0?ssl_ca_certs=/etc/ca.pem",
+        "unix:///run/redis.sock?db=2",
+    ],
+)
+def test_redis_urls_redis_py_reads_are_kept(url: str) -> None:
+    settings = Settings.from_env({**BASE, "GATEWAY_IDEMPOTENCY_URL": url})
+    assert settings.idempotency_url == url
+    assert settings.idempotency_ttl == 24 * 3600
+    assert settings.deployment == "chert-gateway"
+
+
+def test_a_bad_redis_url_is_refused_without_its_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**BASE, "GATEWAY_IDEMPOTENCY_URL": "redis://:pa55word@redis:99999"})
+    assert "pa55word" not in str(caught.value)
 
 
 def test_the_secret_is_required_unless_simulating() -> None:
