@@ -27,7 +27,6 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
-import yaml
 
 from gateway import __version__
 from gateway.api.admission import Admission
@@ -36,44 +35,21 @@ from gateway.ops.config import OPTIONS, parse_listen
 from gateway.ops.metrics import Metrics
 from tests.conftest import require_tool
 from tests.constants import CHAT_ID, SECRET
+from tests.manifests import (
+    CUSTOM_SCHEMAS,
+    K8S,
+    KUBERNETES_VERSIONS,
+    ROOT,
+    Manifest,
+    find,
+    kustomize,
+    load_all,
+    validate_strictly,
+)
 from tests.processes import GatewayProcess, curl
 from tests.samples import make_file
 
-ROOT = Path(__file__).resolve().parent.parent
-K8S = ROOT / "k8s"
-KUBERNETES_VERSIONS = ("1.29.0", "1.33.0")
-CUSTOM_SCHEMAS = {
-    "PodMonitor": K8S / "schemas" / "podmonitor-monitoring-v1.json",
-    "PrometheusRule": K8S / "schemas" / "prometheusrule-monitoring-v1.json",
-}
 KUSTOMIZATIONS = ["base", "overlays/unix-socket", "overlays/small", "overlays/network-policy"]
-Manifest = dict[str, Any]
-
-
-def load_all(path: Path) -> list[Manifest]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-
-
-def kustomize(directory: Path) -> list[Manifest]:
-    """`kubectl kustomize`: the real renderer, offline."""
-    result = subprocess.run(
-        [require_tool("kubectl"), "kustomize", str(directory)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-def find(objects: list[Manifest], kind: str, name: str | None = None) -> Manifest:
-    """The one object of `kind` (named `name`, or generated from that name
-    with kustomize's hash suffix)."""
-    (found,) = [
-        o
-        for o in objects
-        if o["kind"] == kind
-        and (name is None or re.fullmatch(rf"{name}(-[a-z0-9]{{10}})?", o["metadata"]["name"]))
-    ]
-    return found
 
 
 def gateway_container(deployment: Manifest) -> Manifest:
@@ -112,12 +88,7 @@ def rendered(request: pytest.FixtureRequest) -> list[Manifest]:
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_object_validates_strictly(rendered: list[Manifest], version: str) -> None:
-    for obj in rendered:
-        if obj["kind"] in CUSTOM_SCHEMAS:
-            schema = json.loads(CUSTOM_SCHEMAS[obj["kind"]].read_text())
-            jsonschema.validate(obj, schema)
-        else:
-            kubernetes_validate.validate(obj, version, strict=True)
+    validate_strictly(rendered, version)
 
 
 def test_the_custom_schemas_are_strict() -> None:
@@ -421,11 +392,7 @@ def test_the_component_adds_the_sidecar_to_a_new_app_as_documented(tmp_path: Pat
     rendered = kustomize(app)
 
     for version in KUBERNETES_VERSIONS:
-        for obj in rendered:
-            if obj["kind"] in CUSTOM_SCHEMAS:
-                jsonschema.validate(obj, json.loads(CUSTOM_SCHEMAS[obj["kind"]].read_text()))
-            else:
-                kubernetes_validate.validate(obj, version, strict=True)
+        validate_strictly(rendered, version)
     for workload in ("Deployment", "StatefulSet"):
         name = "invoices" if workload == "Deployment" else "reports"
         obj = find(rendered, workload, name)

@@ -42,7 +42,6 @@ from gateway.api.keys import (
 )
 from gateway.api.pipeline import UploadPipeline
 from gateway.api.quota import CallerQuotas
-from gateway.api.shared_idempotency import SharedIdempotencyStore, key_prefix
 from gateway.api.spool import Spool
 from gateway.chert import egress, pool, retry, tls
 from gateway.chert.client import ChertClient
@@ -303,7 +302,11 @@ async def _hashing(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _shared_idempotency(app: web.Application) -> AsyncIterator[None]:
-    """Keys in Redis, with the in-process store as the fallback (cleanup_ctx)."""
+    """Keys in Redis, with the in-process store as the fallback (cleanup_ctx).
+    Imported only here: redis-py costs a process about 15 MiB, which a
+    sidecar without Redis should not pay."""
+    from gateway.api.shared_idempotency import SharedIdempotencyStore, key_prefix
+
     settings = app[SETTINGS]
     local = app[IDEMPOTENCY]
     assert isinstance(local, IdempotencyStore)
