@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test system-deps lint typecheck pytest monitoring dashboard-preview bench bench-quick soak json-call clean
+.PHONY: run test system-deps lint typecheck pytest monitoring dashboard-preview bench bench-quick soak json-call topology clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench-quick: $(BENCH_STAMP)
 ## soak: 15 minutes of mixed load; the gateway's RSS, open files and threads over time
 soak: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/soak.py
+
+## topology: sidecar vs two replicas sharing Redis, same run (a minute; needs redis-server)
+topology: $(BENCH_STAMP) system-deps
+	$(BIN)/python benchmarks/topology.py
 
 ## json-call: the CPU of one JSON call to Chert, by HTTP client (a minute)
 json-call: $(BENCH_STAMP)

@@ -198,7 +198,11 @@ async def test_uploads_go_on_while_redis_is_stopped_and_return_to_it(
             assert fallbacks >= 3
 
         await redis_server.start()
-        await asyncio.sleep(2.5)  # the replicas try Redis again after RETRY_SECONDS
+        async with asyncio.timeout(10):  # each replica's probe pings every RETRY_SECONDS
+            while not all(
+                logged(gateway, "idempotency store reachable again") for gateway in (a, b)
+            ):
+                await asyncio.sleep(0.1)
         await uploads(http, (a, b), 4, "after")
         for gateway in (a, b):
             assert logged(gateway, "idempotency store reachable again") == 1, gateway.output

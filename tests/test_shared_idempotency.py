@@ -182,3 +182,34 @@ async def test_a_redis_that_is_not_there_at_start_is_said_once_and_uploads_go_on
     registry = client.server.app[METRICS].registry  # type: ignore[union-attr]
     assert registry.get_sample_value("chert_gateway_idempotency_fallbacks_total") == 4
     assert registry.get_sample_value("chert_gateway_idempotency_store_up", {"store": "redis"}) == 0
+
+
+async def test_a_redis_that_hangs_is_waited_on_once_not_by_every_request(
+    make_gateway: GatewayFactory, simulator: ChertSimulator
+) -> None:
+    """A Redis that accepts and never answers: the request that finds it so
+    waits for its timeout, the next ones go to the local store at once, and
+    only the probe keeps trying it (no new connection per request)."""
+    connections = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.read()  # until the gateway gives up on it
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client: TestClient[Any, Any] = await make_gateway(
+            GATEWAY_IDEMPOTENCY_URL=f"redis://127.0.0.1:{port}/0"
+        )
+        first = connections  # the start-up ping's
+        for n in range(10):
+            status, _, _ = await send(client, png_bytes(1000), headers={"Idempotency-Key": f"h{n}"})
+            assert status == 201
+        registry = client.server.app[METRICS].registry  # type: ignore[union-attr]
+        assert registry.get_sample_value("chert_gateway_idempotency_fallbacks_total") == 10
+        assert connections - first <= 1  # the probe's, if its 2 s came round
+    finally:
+        server.close()

@@ -18,7 +18,9 @@ never overwrites a claim that is no longer its own.
 Redis unavailable: the keyed request is remembered in this replica's own
 store instead (uploads go on, and Chert's idempotency_key still stops a
 second message), one warning says so, `idempotency_fallbacks_total` counts
-each such request, and Redis is tried again `RETRY_SECONDS` later.
+each such request, and a probe beside the requests pings Redis every
+`RETRY_SECONDS` until it answers: no request waits on a Redis that is known
+to be away.
 
 Keys are `chert-gateway:idem:{deployment}:{tenant}:{sha256 of the caller's
 key}`; neither they nor the values hold the Chert secret or a client token.
@@ -29,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
@@ -40,6 +41,7 @@ import orjson
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from yarl import URL
 
@@ -58,8 +60,9 @@ log = logging.getLogger("chert_gateway.idempotency")
 # How long a running request holds its key without a renewal: what a
 # replica that died mid-upload costs its caller's retries (409 until then).
 LEASE_SECONDS = 30.0
-# Every Redis call is on an upload's path: an unreachable Redis costs a
-# request at most this, then the local store serves until RETRY_SECONDS.
+# Every Redis call is on an upload's path: a Redis that stops answering
+# costs the requests that find it so at most this, then the local store
+# serves them until the probe (every RETRY_SECONDS) finds Redis again.
 CALL_TIMEOUT_SECONDS = 1.0
 RETRY_SECONDS = 2.0
 
@@ -113,9 +116,10 @@ class SharedIdempotencyStore:
             url,
             socket_timeout=CALL_TIMEOUT_SECONDS,
             socket_connect_timeout=CALL_TIMEOUT_SECONDS,
-            # One immediate retry: a pooled connection Redis closed (a
-            # restart, an idle timeout) is replaced once, never waited on.
-            retry=Retry(NoBackoff(), 1),
+            # One immediate retry when a pooled connection was closed (a
+            # restart, an idle timeout): it is replaced once. Never on a
+            # timeout, which would double CALL_TIMEOUT_SECONDS.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self._url = redacted(url)
         self._prefix = prefix
@@ -128,7 +132,7 @@ class SharedIdempotencyStore:
         self._complete = self._redis.register_script(_COMPLETE)
         self._release = self._redis.register_script(_RELEASE)
         self._up = True
-        self._retry_at = 0.0
+        self._probe: asyncio.Task[None] | None = None
         self._up_gauge = metrics.idempotency_store_up.labels(store="redis")
         self._up_gauge.set(1)
 
@@ -148,6 +152,10 @@ class SharedIdempotencyStore:
             self._unavailable(exc)
 
     async def aclose(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._probe
         await self._redis.aclose()
 
     def redis_key(self, key: str) -> str:
@@ -155,7 +163,7 @@ class SharedIdempotencyStore:
 
     @asynccontextmanager
     async def claim(self, key: str | None, print_: str) -> AsyncIterator[Claim]:
-        if key is None or time.monotonic() < self._retry_at:
+        if key is None or not self._up:
             async with self._fallback(key, print_) as claim:
                 yield claim
             return
@@ -169,7 +177,6 @@ class SharedIdempotencyStore:
             async with self._fallback(key, print_) as claim:
                 yield claim
             return
-        self._available()
         if held is not None:
             yield _refused_or_replayed(orjson.loads(held), request_print)
             return
@@ -227,21 +234,28 @@ class SharedIdempotencyStore:
             self._unavailable(exc)
 
     def _unavailable(self, exc: BaseException) -> None:
-        self._retry_at = time.monotonic() + RETRY_SECONDS
-        if self._up:
-            self._up = False
-            self._up_gauge.set(0)
-            log.warning(
-                "idempotency store unreachable; keys are remembered by this replica "
-                "alone until it answers",
-                extra={"fields": {"store": self._url, "error": f"{type(exc).__name__}: {exc}"}},
-            )
-
-    def _available(self) -> None:
         if not self._up:
+            return
+        self._up = False
+        self._up_gauge.set(0)
+        log.warning(
+            "idempotency store unreachable; keys are remembered by this replica "
+            "alone until it answers",
+            extra={"fields": {"store": self._url, "error": f"{type(exc).__name__}: {exc}"}},
+        )
+        self._probe = asyncio.create_task(self._until_reachable())
+
+    async def _until_reachable(self) -> None:
+        while True:
+            await asyncio.sleep(RETRY_SECONDS)
+            try:
+                await self._redis.ping()
+            except (RedisError, OSError):
+                continue
             self._up = True
             self._up_gauge.set(1)
             log.info("idempotency store reachable again", extra={"fields": {"store": self._url}})
+            return
 
 
 def _hex(print_: str) -> str:
