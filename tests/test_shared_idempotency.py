@@ -107,6 +107,10 @@ async def test_a_claim_taken_over_is_never_overwritten_by_its_first_owner(
             await client.set(key, b"someone else's")
             claim.complete({"late": True})
         assert await client.get(key) == b"someone else's"
+        # Nothing this gateway wrote: left alone, the request served all the same.
+        async with store.claim("taken", "print") as claim:
+            assert claim.replay is None
+        assert await client.get(key) == b"someone else's"
     finally:
         await client.aclose()
 

@@ -8,4 +8,5 @@ body           the body itself: streamed or spooled, counted, hashed, sniffed
 form           multipart forms, each file uploaded as it arrives
 pipeline       slot → PUT → send, and the typed results
 admission, idempotency, spool   what the handlers share; keys: the typed app and request keys
+shared_idempotency   the same keys in Redis, for replicas (GATEWAY_IDEMPOTENCY_URL)
 """

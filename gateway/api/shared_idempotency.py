@@ -178,7 +178,19 @@ class SharedIdempotencyStore:
                 yield claim
             return
         if held is not None:
-            yield _refused_or_replayed(orjson.loads(held), request_print)
+            try:
+                replay = _replay(orjson.loads(held), request_print)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                # Not a value this gateway writes: leave it, and serve the
+                # request as if Redis were away.
+                log.warning(
+                    "idempotency entry in Redis is unreadable; not used",
+                    extra={"fields": {"redis_key": redis_key}},
+                )
+                async with self._fallback(key, print_) as claim:
+                    yield claim
+                return
+            yield replay
             return
         claim = Claim()
         renewing = asyncio.create_task(self._keep(redis_key, running))
@@ -264,8 +276,10 @@ def _hex(print_: str) -> str:
     return request_digest.hex()
 
 
-def _refused_or_replayed(held: dict[str, Any], request_print: str) -> Claim:
-    if held.get("fp") != request_print:
+def _replay(held: dict[str, Any], request_print: str) -> Claim:
+    """What holds the key: another request (422), this one running (409),
+    or this one completed (its replay)."""
+    if held["fp"] != request_print:
         raise reused()
     if "answer" not in held:
         raise in_progress()

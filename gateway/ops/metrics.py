@@ -158,7 +158,8 @@ class Metrics:
         )
         self.idempotency_entries = Gauge(
             "chert_gateway_idempotency_entries",
-            "Idempotency keys remembered (running and completed)",
+            "Idempotency keys remembered by this process (running and completed; "
+            "with a shared store, those of its outages)",
             registry=r,
         )
         # Labelled so that it is exported only when a shared store is configured.
