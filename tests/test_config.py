@@ -94,6 +94,11 @@ def test_redis_urls_redis_py_reads_are_kept(url: str) -> None:
     assert settings.deployment == "chert-gateway"
 
 
+def test_the_redis_url_never_shows_in_the_settings_repr() -> None:
+    url = "redis://:pa55word@redis:6379/0"
+    assert "pa55word" not in repr(Settings.from_env({**BASE, "GATEWAY_IDEMPOTENCY_URL": url}))
+
+
 def test_a_bad_redis_url_is_refused_without_its_password() -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({**BASE, "GATEWAY_IDEMPOTENCY_URL": "redis://:pa55word@redis:99999"})

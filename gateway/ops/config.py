@@ -12,7 +12,7 @@ import re
 import ssl
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +195,8 @@ class Settings:
     drain_seconds: float
     caller_max_in_flight: int | None = None
     caller_rate: float | None = None
-    idempotency_url: str | None = None
+    # It may hold Redis's password: never in a repr.
+    idempotency_url: str | None = field(default=None, repr=False)
     idempotency_ttl: float = 24 * 3600
     deployment: str = "chert-gateway"
     sha256: bool = True
