@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.api.idempotency import IdempotencyStore, digest
 from gateway.api.keys import METRICS
-from gateway.api.shared_idempotency import SharedIdempotencyStore, key_prefix
+from gateway.api.shared_idempotency import SharedIdempotencyStore, key_prefix, redacted
 from gateway.errors import IdempotencyInProgressError
 from gateway.ops.metrics import Metrics
 from gateway.simulator import ChertSimulator
@@ -217,3 +217,19 @@ async def test_a_redis_that_hangs_is_waited_on_once_not_by_every_request(
         assert connections - first <= 1  # the probe's, if its 2 s came round
     finally:
         server.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pa55@redis:6379/0", "redis://:***@redis:6379/0"),
+        (
+            "rediss://app:pa55@redis/0?ssl_ca_certs=/ca.pem",
+            "rediss://app:***@redis/0?ssl_ca_certs=/ca.pem",
+        ),
+        ("unix:///run/redis.sock?db=1&password=pa55", "unix:/run/redis.sock?db=1&password=***"),
+        ("redis://redis:6379/0", "redis://redis:6379/0"),
+    ],
+)
+def test_logs_show_the_redis_url_without_its_password(url: str, shown: str) -> None:
+    assert redacted(url) == shown

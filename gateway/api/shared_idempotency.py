@@ -89,9 +89,14 @@ return redis.call('DEL', KEYS[1])
 
 
 def redacted(url: str) -> str:
-    """The URL as logs may show it: without its password."""
+    """The URL as logs may show it: without its password, given in the
+    URL's userinfo or (as redis-py also reads it) in its query."""
     parsed = URL(url)
-    return str(parsed.with_password("***")) if parsed.password else url
+    if parsed.password:
+        parsed = parsed.with_password("***")
+    if "password" in parsed.query:
+        parsed = parsed.update_query(password="***")
+    return str(parsed)
 
 
 def key_prefix(deployment: str, tenant: str | None) -> str:
