@@ -68,6 +68,7 @@ def test_defaults_match_the_spec() -> None:
             "GATEWAY_IDEMPOTENCY_URL",
         ),
         ({"GATEWAY_IDEMPOTENCY_TTL": "0"}, "GATEWAY_IDEMPOTENCY_TTL"),
+        ({"GATEWAY_IDEMPOTENCY_TTL": "1e12"}, "GATEWAY_IDEMPOTENCY_TTL"),
         ({"GATEWAY_DEPLOYMENT": "a:b"}, "GATEWAY_DEPLOYMENT"),
     ],
 )

@@ -253,7 +253,7 @@ class Settings:
             caller_max_in_flight=parse("GATEWAY_CALLER_MAX_IN_FLIGHT", _positive_int),
             caller_rate=parse("GATEWAY_CALLER_RATE", _positive_float),
             idempotency_url=parse("GATEWAY_IDEMPOTENCY_URL", _redis_url),
-            idempotency_ttl=parse("GATEWAY_IDEMPOTENCY_TTL", _positive_float),
+            idempotency_ttl=parse("GATEWAY_IDEMPOTENCY_TTL", _ttl),
             deployment=parse("GATEWAY_DEPLOYMENT", _name),
             drain_seconds=parse("GATEWAY_DRAIN_SECONDS", _non_negative_float),
             sha256=parse("GATEWAY_SHA256", parse_boolean),
@@ -309,6 +309,15 @@ def _positive_float(raw: str) -> float:
     value = _non_negative_float(raw)
     if value == 0:
         raise ValueError("must be greater than 0")
+    return value
+
+
+def _ttl(raw: str) -> float:
+    """Seconds, at most 30 days: a remembered answer is for retries, and
+    Redis refuses expiries beyond its range."""
+    value = _positive_float(raw)
+    if value > 30 * 24 * 3600:
+        raise ValueError(f"at most 30 days (2592000 s), got {raw!r}")
     return value
 
 
