@@ -14,6 +14,9 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+from gateway.api.admission import Admission
+from gateway.api.app import create_ops_app
+from gateway.ops.metrics import Metrics
 from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,3 +61,12 @@ def find(objects: list[Manifest], kind: str, name: str | None = None) -> Manifes
         and (name is None or re.fullmatch(rf"{name}(-[a-z0-9]{{10}})?", o["metadata"]["name"]))
     ]
     return found
+
+
+def ops_routes() -> set[str]:
+    """The paths the ops listener serves: what a probe may name."""
+    return {
+        r.resource.canonical
+        for r in create_ops_app(Metrics(), Admission(1)).router.routes()
+        if r.resource is not None
+    }

@@ -29,8 +29,6 @@ import kubernetes_validate
 import pytest
 
 from gateway import __version__
-from gateway.api.admission import Admission
-from gateway.api.app import create_ops_app
 from gateway.ops.config import OPTIONS, parse_listen
 from gateway.ops.metrics import Metrics
 from tests.conftest import require_tool
@@ -44,6 +42,7 @@ from tests.manifests import (
     find,
     kustomize,
     load_all,
+    ops_routes,
     validate_strictly,
 )
 from tests.processes import GatewayProcess, curl
@@ -126,14 +125,10 @@ def test_probes_hit_real_ops_routes_on_the_ops_port(rendered: list[Manifest]) ->
     container = gateway_container(find(rendered, "Deployment"))
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     ops_port = parse_listen(gateway_env(rendered)["GATEWAY_OPS_LISTEN"]).port
-    ops_routes = {
-        r.resource.canonical
-        for r in create_ops_app(Metrics(), Admission(1)).router.routes()
-        if r.resource is not None
-    }
+    routes = ops_routes()
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         http = container[probe]["httpGet"]
-        assert http["path"] in ops_routes, probe
+        assert http["path"] in routes, probe
         assert ports[http["port"]] == ops_port, probe
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"

@@ -9,11 +9,17 @@ from typing import Any
 
 import pytest
 
-from gateway.api.admission import Admission
-from gateway.api.app import create_ops_app
 from gateway.ops.config import OPTIONS, Settings, parse_listen
 from gateway.ops.metrics import Metrics
-from tests.manifests import K8S, KUBERNETES_VERSIONS, Manifest, find, kustomize, load_all
+from tests.manifests import (
+    K8S,
+    KUBERNETES_VERSIONS,
+    Manifest,
+    find,
+    kustomize,
+    load_all,
+    ops_routes,
+)
 from tests.manifests import validate_strictly as validate
 
 SHARED = K8S / "shared"
@@ -143,13 +149,9 @@ def test_the_service_reaches_the_api_and_the_probes_the_ops_routes(
     service = find(rendered, "Service")["spec"]
     assert selects({"matchLabels": service["selector"]}, pod_labels(rendered))
     assert [p["targetPort"] for p in service["ports"]] == ["api"]
-    ops_routes = {
-        r.resource.canonical
-        for r in create_ops_app(Metrics(), Admission(1)).router.routes()
-        if r.resource is not None
-    }
+    routes = ops_routes()
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert gateway[probe]["httpGet"]["path"] in ops_routes
+        assert gateway[probe]["httpGet"]["path"] in routes
         assert gateway[probe]["httpGet"]["port"] == "ops"
     podmonitor = find(rendered, "PodMonitor")["spec"]
     assert selects(podmonitor["selector"], pod_labels(rendered))

@@ -12,7 +12,7 @@ import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -57,6 +57,9 @@ from gateway.errors import (
 from gateway.ops import logs, tracing
 from gateway.ops.config import Settings
 from gateway.ops.metrics import Metrics
+
+if TYPE_CHECKING:
+    from gateway.api.shared_idempotency import SharedIdempotencyStore
 
 log = logging.getLogger("chert_gateway")
 access_log = logging.getLogger(logs.ACCESS_LOGGER)
@@ -301,29 +304,22 @@ async def _hashing(app: web.Application) -> AsyncIterator[None]:
     hashing.stop()
 
 
-async def _shared_idempotency(app: web.Application) -> AsyncIterator[None]:
-    """Keys in Redis, with the in-process store as the fallback (cleanup_ctx).
-    Imported only here: redis-py costs a process about 15 MiB, which a
-    sidecar without Redis should not pay."""
+def _shared_idempotency(
+    settings: Settings, local: IdempotencyStore, metrics: Metrics
+) -> SharedIdempotencyStore:
+    """Keys in Redis, with the in-process store as the fallback. Imported
+    only here: redis-py costs a process about 15 MiB, which a sidecar
+    without Redis should not pay."""
     from gateway.api.shared_idempotency import SharedIdempotencyStore, key_prefix
 
-    settings = app[SETTINGS]
-    local = app[IDEMPOTENCY]
-    assert isinstance(local, IdempotencyStore)
     assert settings.idempotency_url is not None
-    shared = SharedIdempotencyStore(
+    return SharedIdempotencyStore(
         settings.idempotency_url,
         prefix=key_prefix(settings.deployment, settings.tenant),
         ttl=settings.idempotency_ttl,
         local=local,
-        metrics=app[METRICS],
+        metrics=metrics,
     )
-    app[IDEMPOTENCY] = shared
-    await shared.check()
-    try:
-        yield
-    finally:
-        await shared.aclose()
 
 
 async def _chert_client(app: web.Application) -> AsyncIterator[None]:
@@ -393,7 +389,8 @@ def create_app(
     app[QUOTAS] = CallerQuotas(settings.caller_max_in_flight, settings.caller_rate, metrics)
     metrics.caller_max_in_flight.set(settings.caller_max_in_flight or 0)
     metrics.caller_rate.set(settings.caller_rate or 0)
-    idempotency = app[IDEMPOTENCY] = IdempotencyStore(ttl=settings.idempotency_ttl)
+    idempotency = IdempotencyStore(ttl=settings.idempotency_ttl)
+    app[IDEMPOTENCY] = idempotency
     spool = app[SPOOL] = Spool(settings.spool_dir, settings.spool_max_bytes)
     spool.sweep()
     metrics.spool_used.set_function(lambda: spool.used)
@@ -402,7 +399,8 @@ def create_app(
     app.cleanup_ctx.append(_hashing)
     app.cleanup_ctx.append(_chert_client)
     if settings.idempotency_url is not None:
-        app.cleanup_ctx.append(_shared_idempotency)
+        shared = app[IDEMPOTENCY] = _shared_idempotency(settings, idempotency, metrics)
+        app.cleanup_ctx.append(shared.lifetime)
     handlers.add_routes(app)
     return app
 

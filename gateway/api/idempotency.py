@@ -134,8 +134,6 @@ class Store(Protocol):
 
     def claim(self, key: str | None, print_: str) -> AbstractAsyncContextManager[Claim]: ...
 
-    def __len__(self) -> int: ...
-
 
 def in_progress() -> IdempotencyInProgressError:
     return IdempotencyInProgressError(

@@ -35,10 +35,12 @@ import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis.asyncio as redis
+from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -129,21 +131,24 @@ class SharedIdempotencyStore:
         self._url = redacted(url)
         self._prefix = prefix
         self._ttl_ms = int(ttl * 1000)
-        self._lease = lease
+        self._lease_ms = int(lease * 1000)
         self._local = local
         self._metrics = metrics
         self._claim = self._redis.register_script(_CLAIM)
         self._renew = self._redis.register_script(_RENEW)
         self._complete = self._redis.register_script(_COMPLETE)
         self._release = self._redis.register_script(_RELEASE)
-        self._up = True
         self._probe: asyncio.Task[None] | None = None
         self._up_gauge = metrics.idempotency_store_up.labels(store="redis")
-        self._up_gauge.set(1)
+        self._set_up(True)
 
-    def __len__(self) -> int:
-        """Keys held in this replica's own store (while Redis was away)."""
-        return len(self._local)
+    async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
+        """The app's cleanup_ctx: checked at start, closed at the end."""
+        await self.check()
+        try:
+            yield
+        finally:
+            await self.aclose()
 
     async def check(self) -> None:
         """Say at start-up where keys go, and whether Redis answers."""
@@ -168,93 +173,98 @@ class SharedIdempotencyStore:
 
     @asynccontextmanager
     async def claim(self, key: str | None, print_: str) -> AsyncIterator[Claim]:
-        if key is None or not self._up:
-            async with self._fallback(key, print_) as claim:
+        held = await self._hold(key, print_) if key is not None and self._up else None
+        if held is None:  # no key, or Redis away: this replica's own store
+            if key is not None:
+                self._metrics.idempotency_fallbacks.inc()
+            async with self._local.claim(key, print_) as claim:
                 yield claim
-            return
+        elif isinstance(held, Claim):  # the replay of a completed request
+            yield held
+        else:
+            claim = Claim()
+            renewing = asyncio.create_task(self._keep(held))
+            try:
+                yield claim
+            finally:
+                renewing.cancel()
+                with suppress(asyncio.CancelledError):
+                    await renewing
+                await self._settle(held, claim.done)
+
+    async def _hold(self, key: str, print_: str) -> _Held | Claim | None:
+        """Claim `key` in Redis: held, or the replay of what completed under
+        it (409 or 422 raise); None when Redis cannot say."""
         request_print = _hex(print_)
-        redis_key = self.redis_key(key)
-        running = orjson.dumps({"fp": request_print, "owner": uuid.uuid4().hex})
+        held = _Held(
+            self.redis_key(key),
+            orjson.dumps({"fp": request_print, "owner": uuid.uuid4().hex}),
+            request_print,
+        )
         try:
-            held = await self._claim(keys=[redis_key], args=[running, int(self._lease * 1000)])
+            existing = await self._claim(keys=[held.redis_key], args=[held.running, self._lease_ms])
         except (RedisError, OSError) as exc:
             self._unavailable(exc)
-            async with self._fallback(key, print_) as claim:
-                yield claim
-            return
-        if held is not None:
-            try:
-                replay = _replay(orjson.loads(held), request_print)
-            except (ValueError, KeyError, TypeError, AttributeError):
-                # Not a value this gateway writes: leave it, and serve the
-                # request as if Redis were away.
-                log.warning(
-                    "idempotency entry in Redis is unreadable; not used",
-                    extra={"fields": {"redis_key": redis_key}},
-                )
-                async with self._fallback(key, print_) as claim:
-                    yield claim
-                return
-            yield replay
-            return
-        claim = Claim()
-        renewing = asyncio.create_task(self._keep(redis_key, running))
+            return None
+        if existing is None:
+            return held
         try:
-            yield claim
-        finally:
-            renewing.cancel()
-            with suppress(asyncio.CancelledError):
-                await renewing
-            await self._settle(redis_key, running, claim.done)
+            return _replay(orjson.loads(existing), held.request_print)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # Not a value this gateway writes: leave it, and serve the
+            # request as if Redis were away.
+            log.warning(
+                "idempotency entry in Redis is unreadable; not used",
+                extra={"fields": {"redis_key": held.redis_key}},
+            )
+            return None
 
-    @asynccontextmanager
-    async def _fallback(self, key: str | None, print_: str) -> AsyncIterator[Claim]:
-        if key is not None:
-            self._metrics.idempotency_fallbacks.inc()
-        async with self._local.claim(key, print_) as claim:
-            yield claim
-
-    async def _keep(self, redis_key: str, running: bytes) -> None:
+    async def _keep(self, held: _Held) -> None:
         """Renew the lease while the request runs."""
         while True:
-            await asyncio.sleep(self._lease / 3)
+            await asyncio.sleep(self._lease_ms / 3000)
             try:
-                kept = await self._renew(keys=[redis_key], args=[running, int(self._lease * 1000)])
+                kept = await self._renew(keys=[held.redis_key], args=[held.running, self._lease_ms])
             except (RedisError, OSError) as exc:
                 self._unavailable(exc)
                 continue
             if not kept:
                 log.warning(
                     "idempotency claim lost while its request ran",
-                    extra={"fields": {"redis_key": redis_key}},
+                    extra={"fields": {"redis_key": held.redis_key}},
                 )
                 return
 
-    async def _settle(self, redis_key: str, running: bytes, done: Completed | None) -> None:
+    async def _settle(self, held: _Held, done: Completed | None) -> None:
         """Remember the answer, or free the key so the caller may retry."""
         try:
             if done is None:
-                await self._release(keys=[redis_key], args=[running])
+                await self._release(keys=[held.redis_key], args=[held.running])
             else:
                 value = orjson.dumps(
                     {
-                        "fp": orjson.loads(running)["fp"],
+                        "fp": held.request_print,
                         "answer": done.answer.decode(),
                         "body": None if done.body_digest is None else done.body_digest.hex(),
                         "log": done.log_bytes.decode(),
                     }
                 )
-                await self._complete(keys=[redis_key], args=[running, value, self._ttl_ms])
+                await self._complete(
+                    keys=[held.redis_key], args=[held.running, value, self._ttl_ms]
+                )
         except (RedisError, OSError) as exc:
             # Not remembered: a repeat uploads again, and Chert's idempotency
             # key answers its send with the first message.
             self._unavailable(exc)
 
+    def _set_up(self, up: bool) -> None:
+        self._up = up
+        self._up_gauge.set(int(up))
+
     def _unavailable(self, exc: BaseException) -> None:
         if not self._up:
             return
-        self._up = False
-        self._up_gauge.set(0)
+        self._set_up(False)
         log.warning(
             "idempotency store unreachable; keys are remembered by this replica "
             "alone until it answers",
@@ -269,10 +279,19 @@ class SharedIdempotencyStore:
                 await self._redis.ping()
             except (RedisError, OSError):
                 continue
-            self._up = True
-            self._up_gauge.set(1)
+            self._set_up(True)
             log.info("idempotency store reachable again", extra={"fields": {"store": self._url}})
             return
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A key this replica holds in Redis: the value that says so (its owner
+    token with it) and the request's print."""
+
+    redis_key: str
+    running: bytes
+    request_print: str
 
 
 def _hex(print_: str) -> str:
